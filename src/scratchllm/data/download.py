@@ -1,0 +1,291 @@
+"""Stage 1, step 2: stream a source into parquet shards on disk, resumable, never losing or repeating data.
+
+OUT/shard_000000.parquet ... hold the documents in source order (columns `id`, `text`, and any
+`--keep-columns`). OUT/manifest.json lists the complete shards. The order of writes is what makes
+this safe: a shard is written under a temporary name, fsynced and renamed, and only then is it
+added to the manifest (itself replaced atomically). After a crash the manifest names only whole
+shards; the run resumes after the last one, and since shard boundaries depend only on the documents,
+a resumed download ends with exactly the files an uninterrupted one writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from scratchllm.data.sources import Document, Source
+from scratchllm.util import UserError, atomic_path, atomic_write_json, format_size
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def shard_name(i: int) -> str:
+    """File name of shard number i."""
+    return f"shard_{i:06d}.parquet"
+
+
+def default_min_free(path: Path) -> int:
+    """Space to leave free when none is asked for: 1 GB or 5% of the disk, the larger."""
+    import psutil
+
+    return max(10**9, int(0.05 * psutil.disk_usage(str(_existing(path))).total))
+
+
+def disk_free(path: Path) -> int:
+    """Free bytes on the file system that holds `path` (or its nearest existing parent)."""
+    import psutil
+
+    return psutil.disk_usage(str(_existing(path))).free
+
+
+def _existing(path: Path) -> Path:
+    path = Path(path).resolve()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a `download` output folder; UserError if the folder is not one."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{folder} is not a download folder (no {MANIFEST}); "
+                        "make one with `scratchllm download`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from e
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("shards"), list) and "source" in manifest):
+        raise UserError(f"{path} is not a scratchllm download manifest")
+    return manifest
+
+
+def read_shard(folder: str | Path, entry: dict, columns: list[str] | None = None) -> Iterator[Document]:
+    """The documents of one manifest shard entry, with their source-order indices."""
+    import pyarrow.parquet as pq
+
+    path = Path(folder) / entry["file"]
+    if not path.is_file():
+        raise UserError(f"{path} is listed in {MANIFEST} but missing: the download folder is damaged")
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:
+        raise UserError(f"cannot read {path}: {' '.join(str(e).split())}") from e
+    if pf.metadata.num_rows != entry["docs"]:
+        raise UserError(f"{path} holds {pf.metadata.num_rows} documents, {MANIFEST} says {entry['docs']}")
+    index = entry["first_doc"]
+    for batch in pf.iter_batches(batch_size=1024, columns=columns):
+        for row in batch.to_pylist():
+            extra = {k: v for k, v in row.items() if k not in ("id", "text")}
+            yield Document(index=index, id=row.get("id") or str(index), text=row["text"], extra=extra)
+            index += 1
+
+
+def iter_downloaded(folder: str | Path) -> Iterator[Document]:
+    """Every document of a `download` output folder, shard by shard, in source order."""
+    manifest = read_manifest(folder)
+    for entry in manifest["shards"]:
+        yield from read_shard(folder, entry)
+
+
+def _write_shard(path: Path, docs: list[Document], keep_columns: list[str]) -> tuple[str, int]:
+    """Write docs as parquet atomically; return (sha256, file size) of what landed on disk."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {"id": [d.id for d in docs], "text": [d.text for d in docs]}
+    for name in keep_columns:
+        columns[name] = [d.extra.get(name) for d in docs]
+    with atomic_path(path) as tmp:
+        # zstd packs English text about 2.5-3x; every parquet reader (pyarrow, datasets, duckdb) knows it.
+        pq.write_table(pa.table(columns), tmp, compression="zstd")
+        h = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        size = tmp.stat().st_size
+    return h.hexdigest(), size
+
+
+class _Lock:
+    """OUT/.lock holds the pid of the download writing there; a dead owner's lock is taken over."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".lock"
+
+    def __enter__(self):
+        import psutil
+
+        if self.path.exists():
+            try:
+                pid = int(self.path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and psutil.pid_exists(pid):
+                raise UserError(f"another download (pid {pid}) is writing {self.path.parent}; "
+                                f"wait for it, or delete {self.path} if that process is not scratchllm")
+        self.path.write_text(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def download(source: Source, target_bytes: int, out: str | Path, shard_size: int = 100 * 10**6,
+             min_free: int | None = None, keep_columns: list[str] | tuple = (), progress: bool = True,
+             free_space: Callable[[Path], int] = disk_free, log: Callable[[str], None] = print) -> dict:
+    """Save documents of `source` into parquet shards in `out` until `target_bytes` of text; resumable."""
+    out = Path(out)
+    keep_columns = list(keep_columns)
+    if target_bytes <= 0:
+        raise UserError("--target must be larger than 0")
+    if shard_size <= 0:
+        raise UserError("--shard-size must be larger than 0")
+    bad = [c for c in keep_columns if c in ("id", "text") or not c]
+    if bad:
+        raise UserError(f"--keep-columns names extra columns; `id` and `text` are always kept (got {bad})")
+
+    manifest = _existing_manifest(out, source.spec, target_bytes, keep_columns)
+    if manifest and manifest["complete"]:
+        log(f"{out} already holds the complete download: {len(manifest['shards'])} shards, "
+            f"{manifest['docs']:,} documents, {format_size(manifest['bytes'])}; nothing to do")
+        return manifest
+    if min_free is None:
+        min_free = default_min_free(out)
+    free = free_space(out)
+    if free < min_free:
+        raise UserError(f"only {format_size(free)} free on the disk of {out}, less than --min-free "
+                        f"{format_size(min_free)}: free some space or lower --min-free; nothing was written")
+
+    if manifest is None:
+        manifest = {"format_version": FORMAT_VERSION, "source": source.spec, "target_bytes": target_bytes,
+                    "keep_columns": keep_columns, "complete": False, "exhausted": False,
+                    "docs": 0, "bytes": 0, "stream_state": None, "shards": []}
+    shards = manifest["shards"]
+    if shards and manifest["bytes"] >= target_bytes:
+        # The last shard reached the target but the run stopped before saying so.
+        manifest["complete"] = True
+        atomic_write_json(out / MANIFEST, manifest)
+        log(f"{out} holds the complete download: {len(shards)} shards, {manifest['docs']:,} documents")
+        return manifest
+    start = shards[-1]["last_doc"] + 1 if shards else 0
+    state = manifest.get("stream_state") if shards else None
+    docs = source.documents(start, state)
+    # The first document comes before anything is written, so a source that cannot be read
+    # (no network, bad files) leaves no trace.
+    first = next(docs, None)
+    if first is not None:
+        missing = [c for c in keep_columns if c not in first.extra]
+        if missing:
+            docs.close()
+            raise UserError(f"--keep-columns {', '.join(missing)}: not in {source.spec} "
+                            f"(its extra columns: {', '.join(first.extra) or 'none'})")
+
+    out.mkdir(parents=True, exist_ok=True)
+    with _Lock(out):
+        for stale in out.glob(".*.tmp"):
+            stale.unlink()  # a shard or manifest a killed run left half-written
+        atomic_write_json(out / MANIFEST, manifest)
+        if shards:
+            log(f"resuming {out}: {len(shards)} shards, {manifest['docs']:,} documents, "
+                f"{format_size(manifest['bytes'])} already saved; continuing at document {start:,}")
+        try:
+            _fill(source, docs, first, manifest, out, target_bytes, shard_size, min_free, keep_columns,
+                  progress, free_space)
+        finally:
+            docs.close()
+    if manifest["exhausted"] and manifest["bytes"] < target_bytes:
+        log(f"note: {source.spec} ended after {manifest['docs']:,} documents, "
+            f"{format_size(manifest['bytes'])}: less than the target {format_size(target_bytes)}")
+    log(f"saved {len(shards)} shards, {manifest['docs']:,} documents, {format_size(manifest['bytes'])} "
+        f"of text in {out}")
+    return manifest
+
+
+def _existing_manifest(out: Path, spec: str, target_bytes: int, keep_columns: list[str]) -> dict | None:
+    """The manifest to resume, None for a fresh folder; refuse a folder holding anything else."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if not (out / MANIFEST).exists():
+        if any(p for p in out.iterdir() if not (p.name.endswith(".tmp") or p.name == ".lock")):
+            raise UserError(f"--out {out} is not empty and holds no {MANIFEST}: pick an empty or new folder")
+        return None
+    m = read_manifest(out)
+    if m["source"] != spec or m.get("target_bytes") != target_bytes:
+        raise UserError(f"{out} holds a download of {m['source']} with --target {m.get('target_bytes')} "
+                        f"bytes; refusing to mix in {spec} with --target {target_bytes} bytes: "
+                        "use another --out, or the same --source and --target to resume")
+    if list(m.get("keep_columns", [])) != keep_columns:
+        raise UserError(f"{out} was downloaded with --keep-columns {','.join(m.get('keep_columns', []))!r}; "
+                        "use the same columns to resume")
+    for entry in m["shards"]:
+        if not (out / entry["file"]).is_file():
+            raise UserError(f"{out / entry['file']} is listed in {MANIFEST} but missing: "
+                            "the download folder is damaged; start again in a new folder")
+    return m
+
+
+def _fill(source, docs, first, manifest, out, target_bytes, shard_size, min_free, keep_columns, progress,
+          free_space) -> None:
+    """The main loop: gather documents into shards until the target, guarding the disk before each write."""
+    shards = manifest["shards"]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=target_bytes, initial=min(manifest["bytes"], target_bytes), unit="B",
+                   unit_scale=True, unit_divisor=1000, desc=f"download {source.spec}", smoothing=0.1)
+    buf: list[Document] = []
+    buf_bytes = 0
+
+    def flush() -> None:
+        nonlocal buf, buf_bytes
+        # Writing needs about the text's size at most (parquet compresses it); keep min_free untouched.
+        need = buf_bytes + sum(len(d.id) for d in buf) + (1 << 16)
+        free = free_space(out)
+        if free - need < min_free:
+            raise UserError(
+                f"disk guard: {format_size(free)} free on the disk of {out}; the next shard needs about "
+                f"{format_size(need)} and --min-free is {format_size(min_free)}. Saved so far: "
+                f"{len(shards)} shards, {manifest['docs']:,} documents, {format_size(manifest['bytes'])}. "
+                f"Free at least {format_size(need + min_free - free)} and rerun the same command to continue")
+        entry = {"file": shard_name(len(shards)), "docs": len(buf), "bytes": buf_bytes,
+                 "first_doc": buf[0].index, "last_doc": buf[-1].index}
+        entry["sha256"], entry["file_bytes"] = _write_shard(out / entry["file"], buf, keep_columns)
+        shards.append(entry)
+        # Only the newest shard's end is ever resumed from, so one stream state is kept, not one a shard.
+        manifest["stream_state"] = source.position()
+        manifest["docs"] += len(buf)
+        manifest["bytes"] += buf_bytes
+        atomic_write_json(out / MANIFEST, manifest)
+        buf, buf_bytes = [], 0
+
+    try:
+        doc = first
+        while doc is not None:
+            size = len(doc.text.encode("utf-8"))
+            buf.append(doc)
+            buf_bytes += size
+            if bar is not None:
+                bar.update(size)
+                bar.set_postfix(docs=f"{manifest['docs'] + len(buf):,}", refresh=False)
+            if manifest["bytes"] + buf_bytes >= target_bytes:
+                break
+            if buf_bytes >= shard_size:
+                flush()
+            doc = next(docs, None)
+        if doc is None:
+            manifest["exhausted"] = True
+        if buf:
+            flush()
+        manifest["complete"] = True
+        atomic_write_json(out / MANIFEST, manifest)
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,257 @@
+"""Corpus -> train.bin, val.bin, meta.json: parallel encoding, order kept, memory bounded, atomic output.
+
+The documents stream through once. The main process groups them into batches of about 1 MB of
+text and hands the batches to worker processes; at most a few batches per worker are in flight,
+so memory stays flat whatever the corpus size (beyond 16 bytes of counts per document), and results
+are written in submission order, so the token stream follows source order. Every document is
+followed by the EOT id.
+
+Validation is the last documents in source order, whole (never overlapping windows, which would
+leak training text into validation). For a stream of unknown length the split point is only known
+at the end, so every token first goes to train.bin's temporary file, and the tail that belongs to
+the validation documents is then moved into val.bin.
+
+Atomicity: meta.json is removed first and written last; train.bin and val.bin each appear by
+rename. A folder with a meta.json is complete; a killed run leaves no meta.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from array import array
+from pathlib import Path
+
+import numpy as np
+
+from scratchllm.data.tokens import TokenWriter, dtype_for_vocab, read_tokens
+from scratchllm.tokenizer.encoding import Tokenizer
+from scratchllm.tokenizer.parallel import default_workers, ordered_map
+from scratchllm.util import UserError, atomic_write_json
+
+BATCH_BYTES = 1 << 20
+SHAKESPEARE_VAL_DOCS = 3  # three whole plays; the remaining 39 texts train
+
+
+def iter_documents(source):
+    """Documents from a spec (None = shakespeare), a `download` folder (a Path), a Source or an iterable."""
+    if source is None:
+        source = "shakespeare"
+    if isinstance(source, str):
+        from scratchllm.data.sources import open_source
+
+        return iter(open_source(source))
+    if isinstance(source, Path):
+        from scratchllm.data.download import iter_downloaded
+
+        return iter_downloaded(source)
+    return iter(source)
+
+
+def iter_texts(source):
+    """The text of each document of `source` (see iter_documents); plain strings pass through."""
+    for doc in iter_documents(source):
+        yield doc if isinstance(doc, str) else doc.text
+
+
+def describe_source(source) -> str:
+    """What meta.json records as the source: the spec, or the download folder and its own source."""
+    if source is None:
+        return "shakespeare"
+    if isinstance(source, str):
+        return source
+    if isinstance(source, Path):
+        try:
+            inner = json.loads((source / "manifest.json").read_text(encoding="utf-8"))["source"]
+            return f"{inner} (download folder {source})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"download folder {source}"
+    return getattr(source, "spec", type(source).__name__)
+
+
+# --- encoding, in this process or in workers ---------------------------------------------------
+
+
+def encode_documents(tok: Tokenizer, texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokens of the documents, each followed by EOT, plus per-document token (with EOT) and byte counts."""
+    eot = np.array([tok.eot_id], dtype=dtype)
+    parts, n_tokens, n_bytes = [], np.empty(len(texts), np.int64), np.empty(len(texts), np.int64)
+    for i, text in enumerate(texts):
+        ids = tok.encode_to_numpy(text)
+        parts += (ids, eot)
+        n_tokens[i] = len(ids) + 1
+        n_bytes[i] = len(text.encode("utf-8", errors="surrogatepass"))
+    tokens = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+    return tokens, n_tokens, n_bytes
+
+
+_worker_state: tuple | None = None
+
+
+def _init_worker(tok: Tokenizer, dtype) -> None:
+    global _worker_state
+    _worker_state = (tok, dtype)
+
+
+def _encode_in_worker(texts: list[str]):
+    tok, dtype = _worker_state
+    return encode_documents(tok, texts, dtype)
+
+
+def _batches(docs, batch_bytes: int):
+    batch, size = [], 0
+    for doc in docs:
+        text = doc if isinstance(doc, str) else doc.text
+        batch.append(text)
+        size += len(text)
+        if size >= batch_bytes:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def encode_stream(tok: Tokenizer, docs, dtype, workers: int = 1, batch_bytes: int = BATCH_BYTES):
+    """Yield encode_documents results for batches of `docs`, in order, using `workers` processes."""
+    return ordered_map(_encode_in_worker, _batches(docs, batch_bytes), workers, _init_worker, (tok, dtype))
+
+
+# --- the whole stage -----------------------------------------------------------------------------
+
+
+def _val_count(n_docs: int, val_docs: int | None, val_fraction: float | None) -> int:
+    if val_docs is None:
+        val_docs = max(1, round(n_docs * val_fraction))
+    if n_docs < 2 and val_docs > 0:
+        raise UserError(f"the source has {n_docs} document(s): a train/val split by whole documents "
+                        "needs at least 2")
+    if val_docs >= n_docs:
+        raise UserError(f"{val_docs} validation documents leave none for training (the source has {n_docs})")
+    return val_docs
+
+
+class _Progress:
+    """A tqdm bar in bytes with a tokens/s note, shown from the first result on (so a source that
+    cannot be read fails with its one-line error and nothing else)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar = quiet, None
+
+    def update(self, n_bytes: int, tokens_per_s: float) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc="tokenize", unit="B", unit_scale=True, unit_divisor=1000, dynamic_ncols=True)
+        self.bar.set_postfix_str(f"{tokens_per_s / 1e6:.2f}M tok/s", refresh=False)
+        self.bar.update(n_bytes)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
+                    val_fraction: float | None = None, workers: int | None = None, quiet: bool = False,
+                    batch_bytes: int = BATCH_BYTES) -> dict:
+    """Encode `source` into out_dir/train.bin, val.bin and meta.json; return the meta dict.
+
+    `tokenizer` is a Tokenizer, a folder or a pretrained name. Without a split, shakespeare keeps its
+    last 3 texts for validation and other sources their last 1% of documents (at least one).
+    """
+    from scratchllm.tokenizer import load_tokenizer
+
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
+    if val_docs is not None and val_fraction is not None:
+        raise UserError("give --val-docs or --val-fraction, not both")
+    if val_docs is not None and val_docs < 0:
+        raise UserError(f"--val-docs must be 0 or more, got {val_docs}")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    spec = describe_source(source)
+    if val_docs is None and val_fraction is None:
+        if spec == "shakespeare":
+            val_docs = SHAKESPEARE_VAL_DOCS
+        else:
+            val_fraction = 0.01
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # written last: its presence means "complete"
+    dtype = dtype_for_vocab(tok.vocab_size)
+    doc_tokens, doc_bytes = array("q"), array("q")  # 16 bytes per document, not per token
+
+    start = time.perf_counter()
+    with TokenWriter(out / "train.bin", dtype) as train, _Progress(quiet) as progress:
+        stream = encode_stream(tok, iter_documents(source), dtype, workers, batch_bytes)
+        for tokens, n_tokens, n_bytes in stream:
+            train.write(tokens)
+            doc_tokens.extend(n_tokens)
+            doc_bytes.extend(n_bytes)
+            progress.update(int(n_bytes.sum()), train.n_tokens / (time.perf_counter() - start))
+        progress.close()
+        n_docs = len(doc_tokens)
+        n_val = _val_count(n_docs, val_docs, val_fraction)
+        n_train = n_docs - n_val
+        keep = int(np.sum(doc_tokens[:n_train], dtype=np.int64)) if n_train else 0
+        with TokenWriter(out / "val.bin", dtype) as val:
+            train.move_tail(keep, val)
+
+    if tok.pretrained_name:
+        name = tok.pretrained_name
+    else:
+        tok.save(out)
+        name = "tokenizer.json"
+    tokens = np.frombuffer(doc_tokens, dtype=np.int64)
+    nbytes = np.frombuffer(doc_bytes, dtype=np.int64)
+    meta = {
+        "tokenizer": name,
+        "tokenizer_sha256": tok.sha256(),
+        "vocab_size": tok.vocab_size,
+        "eot_id": tok.eot_id,
+        "token_dtype": dtype.name,
+        "source": spec,
+        "train": {"documents": n_train, "tokens": int(tokens[:n_train].sum()),
+                  "bytes": int(nbytes[:n_train].sum())},
+        "val": {"documents": n_val, "tokens": int(tokens[n_train:].sum()),
+                "bytes": int(nbytes[n_train:].sum())},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    atomic_write_json(out / "meta.json", meta)
+    return meta
+
+
+def read_meta(folder: str | Path) -> dict:
+    """meta.json of a `tokenize` output folder (UserError if it is missing or unreadable)."""
+    path = Path(folder) / "meta.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: not a complete token folder (no meta.json); run `scratchllm tokenize`")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        for key in ("tokenizer", "vocab_size", "eot_id", "train", "val"):
+            meta[key]  # noqa: B018 - presence check
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a valid meta.json ({e})") from None
+    return meta
+
+
+def read_split(folder: str | Path, split: str, check_ids: bool = True) -> np.ndarray:
+    """train.bin or val.bin of a token folder, memory-mapped, checked against meta.json's counts and vocab."""
+    meta = read_meta(folder)
+    path = Path(folder) / f"{split}.bin"
+    tokens = read_tokens(path, vocab_size=meta["vocab_size"] if check_ids else None)
+    if len(tokens) != meta[split]["tokens"]:
+        raise UserError(f"{path}: holds {len(tokens):,} tokens but meta.json says {meta[split]['tokens']:,}")
+    return tokens

@@ -1,0 +1,185 @@
+"""`download`: shards and manifest, resume after kill -9, the disk guard, refusals and bad input."""
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scratchllm.data.download import MANIFEST, download, iter_downloaded, read_manifest
+from scratchllm.data.sources import open_source
+from scratchllm.util import UserError
+
+SHARD_KEYS = ("file", "docs", "bytes", "sha256", "first_doc", "last_doc")
+
+
+def _shards(folder):
+    """The manifest's shard entries (what must match between runs)."""
+    return [{k: e[k] for k in SHARD_KEYS} for e in read_manifest(folder)["shards"]]
+
+
+def _check_folder(folder):
+    """Every listed shard is on disk with its hash and counts; nothing else is left behind."""
+    m = read_manifest(folder)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted([MANIFEST] + [e["file"] for e in m["shards"]])
+    expect_first = 0
+    for e in m["shards"]:
+        data = (folder / e["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == e["sha256"]
+        table = pq.read_table(folder / e["file"])
+        assert table.num_rows == e["docs"] == e["last_doc"] - e["first_doc"] + 1
+        assert e["first_doc"] == expect_first
+        assert sum(len(t.encode()) for t in table.column("text").to_pylist()) == e["bytes"]
+        expect_first = e["last_doc"] + 1
+    assert m["docs"] == expect_first and m["bytes"] == sum(e["bytes"] for e in m["shards"])
+    return m
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A local parquet source: 4,000 documents of skewed length, with an extra `url` column."""
+    rng = np.random.default_rng(7)
+    lengths = np.maximum(1, rng.lognormal(5.5, 0.7, size=4000)).astype(int)
+    words = np.array("the of and to in a is that for it as was with be by on not he I this".split())
+    texts = [" ".join(rng.choice(words, size=max(1, n // 4))) + f" #{i}" for i, n in enumerate(lengths)]
+    path = tmp_path_factory.mktemp("corpus") / "docs.parquet"
+    pq.write_table(pa.table({"id": [f"doc{i}" for i in range(4000)], "text": texts,
+                             "url": [f"https://example.org/{i}" for i in range(4000)]}), path)
+    return f"parquet:{path}", texts
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted_run(corpus, tmp_path, run_cli, cli_env):
+    spec, texts = corpus
+    args = ["download", "--source", spec, "--target", "600KB", "--shard-size", "6KB", "--quiet"]
+    ref = run_cli(*args, "--out", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    ref_manifest = _check_folder(tmp_path / "ref")
+    assert ref_manifest["complete"] and len(ref_manifest["shards"]) > 80
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "scratchllm", *args, "--out", str(out)], env=cli_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if len(json.loads((out / MANIFEST).read_text())["shards"]) >= 25:
+                break
+        except (OSError, ValueError):
+            pass  # not there yet (the manifest itself is replaced atomically, never half-written)
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    partial = read_manifest(out)
+    assert not partial["complete"], "the run finished before it could be killed"
+    assert 25 <= len(partial["shards"]) < len(ref_manifest["shards"])
+
+    again = run_cli(*args, "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout
+    _check_folder(out)
+    assert _shards(out) == _shards(tmp_path / "ref")  # byte-identical shards, same boundaries
+    docs = list(iter_downloaded(out))
+    assert [d.index for d in docs] == list(range(len(docs)))
+    assert [d.text for d in docs] == texts[: len(docs)]
+    assert len({d.id for d in docs}) == len(docs)
+    # Exactly the shortest prefix that reaches the target.
+    total = sum(len(t.encode()) for t in texts[: len(docs)])
+    assert total >= 600_000 > total - len(texts[len(docs) - 1].encode())
+
+    before = (out / MANIFEST).read_bytes()
+    done = run_cli(*args, "--out", out)
+    assert done.returncode == 0 and "nothing to do" in done.stdout
+    assert (out / MANIFEST).read_bytes() == before
+
+
+def test_disk_guard_mid_run_keeps_a_valid_manifest_then_resumes(tmp_path):
+    src = open_source("shakespeare")
+    download(src, 3_000_000, tmp_path / "ref", shard_size=300_000, min_free=0, progress=False, log=_quiet)
+
+    calls = []
+
+    def shrinking_disk(path):
+        calls.append(path)
+        return 10**12 if len(calls) <= 4 else 10**6  # the start check, three shards, then a full disk
+
+    with pytest.raises(UserError, match="disk guard") as e:
+        download(src, 3_000_000, tmp_path / "out", shard_size=300_000, min_free=10**6, progress=False,
+                 free_space=shrinking_disk, log=_quiet)
+    assert "3 shards" in str(e.value) and "\n" not in str(e.value)
+    m = _check_folder(tmp_path / "out")
+    assert not m["complete"] and len(m["shards"]) == 3
+
+    download(src, 3_000_000, tmp_path / "out", shard_size=300_000, min_free=0, progress=False, log=_quiet)
+    assert _check_folder(tmp_path / "out")["complete"]
+    assert _shards(tmp_path / "out") == _shards(tmp_path / "ref")
+    ref_texts = [d.text for d in iter_downloaded(tmp_path / "ref")]
+    assert [d.text for d in iter_downloaded(tmp_path / "out")] == ref_texts
+
+
+def test_min_free_above_free_space_refuses_before_writing(tmp_path, run_cli):
+    out = run_cli("download", "--target", "1MB", "--out", tmp_path / "raw", "--min-free", "1000TB")
+    assert out.returncode == 2 and "--min-free" in out.stderr and out.stderr.count("\n") == 1
+    assert not (tmp_path / "raw").exists()
+
+
+def test_target_beyond_source_and_refusals(tmp_path):
+    src = open_source("shakespeare")
+    m = download(src, 6_000_000, tmp_path / "all", shard_size=10**6, min_free=0, progress=False, log=_quiet)
+    assert m["complete"] and m["exhausted"] and m["docs"] == 42 and m["bytes"] == 5_057_198
+    assert [d.id for d in iter_downloaded(tmp_path / "all")] == [d.id for d in src]
+
+    before = {p.name: p.read_bytes() for p in (tmp_path / "all").iterdir()}
+    with pytest.raises(UserError, match="refusing to mix"):
+        download(src, 2_000_000, tmp_path / "all", min_free=0, progress=False, log=_quiet)
+    (tmp_path / "a.txt").write_text("a document")
+    with pytest.raises(UserError, match="refusing to mix"):
+        download(open_source(f"text:{tmp_path}/a.txt"), 6_000_000, tmp_path / "all", min_free=0,
+                 progress=False, log=_quiet)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "all").iterdir()} == before
+
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        download(src, 10**6, tmp_path / "busy", min_free=0, progress=False, log=_quiet)
+    with pytest.raises(UserError, match="not a download folder"):
+        list(iter_downloaded(tmp_path / "busy"))
+
+
+def test_keep_columns(corpus, tmp_path):
+    spec, texts = corpus
+    download(open_source(spec), 50_000, tmp_path / "k", shard_size=20_000, min_free=0, keep_columns=["url"],
+             progress=False, log=_quiet)
+    table = pq.read_table(tmp_path / "k" / "shard_000000.parquet")
+    assert table.column_names == ["id", "text", "url"]
+    assert table.column("url").to_pylist()[:2] == ["https://example.org/0", "https://example.org/1"]
+    with pytest.raises(UserError, match="score"):
+        download(open_source(spec), 50_000, tmp_path / "k2", min_free=0, keep_columns=["score"],
+                 progress=False, log=_quiet)
+    assert not (tmp_path / "k2").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["--source", "wikipedia"],
+    ["--target", "10XB"],
+    ["--target=-5GB"],
+    ["--shard-size", "0"],
+    ["--source", "parquet:no/such/dir/*.parquet"],
+    ["--source", "hf:HuggingFaceFW/fineweb-edu:sample-10BT"],
+])
+def test_download_bad_input_writes_nothing(tmp_path, run_cli, args):
+    out = run_cli("download", "--out", tmp_path / "raw", *args)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("scratchllm: error: ") and out.stderr.count("\n") == 1
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "raw").exists()
+
+
+def _quiet(msg):
+    pass
