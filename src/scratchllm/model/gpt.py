@@ -1,0 +1,380 @@
+"""The GPT model: embeddings, a stack of pre-norm transformer blocks, a head, and generation.
+
+The default configuration is GPT-2 (Radford et al. 2019): learned positions, LayerNorm before
+each sub-layer, a GELU MLP four times as wide, biases, and a head that shares its weight with the
+token embedding. It converts exactly to `transformers.GPT2LMHeadModel` (see `hf.py`). Each
+modern alternative is one config field: RMSNorm, sinusoidal or rotary positions (RoPE, Su et al.
+2021), SwiGLU or ReLU² MLPs, QK-norm, untied head.
+
+Attention is the fused form of `attention.MultiHeadAttention`: one QKV projection, heads as a
+tensor dimension, `scaled_dot_product_attention` (flash attention on CUDA). The training path
+has no data-dependent Python branches, so `torch.compile` sees one graph.
+
+Generation keeps a KV cache: past keys and values are stored so each new token costs one
+position, not the whole context. Past the context length the window slides; since every
+position embedding (and, through the layers, every hidden state) depends on where the window
+starts, the cache is rebuilt from the cropped window, which keeps the output identical to
+generation without a cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.util import UserError
+
+_CHOICES = {"norm": ("layernorm", "rmsnorm"), "pos": ("learned", "sinusoidal", "rope"),
+            "mlp": ("gelu", "swiglu", "relu2")}
+
+
+@dataclass
+class GPTConfig:
+    """Shape and options of a GPT; the defaults are GPT-2 small (124M)."""
+
+    vocab_size: int = 50257
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layernorm"
+    pos: str = "learned"
+    mlp: str = "gelu"
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    pad_vocab_multiple: int = 1  # the embedding and head get a multiple of this many rows
+
+    def __post_init__(self):
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"model.{name} must be one of {', '.join(allowed)}, "
+                                f"not {getattr(self, name)!r}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"model.{name} must be a positive integer")
+        if self.n_embd % self.n_head:
+            raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if self.pos in ("rope", "sinusoidal") and (self.n_embd // self.n_head) % 2:
+            raise UserError(f"pos={self.pos} needs an even head size, not {self.n_embd // self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.dropout must be in [0, 1), not {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and the head: vocab_size rounded up to pad_vocab_multiple."""
+        m = self.pad_vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> GPTConfig:
+        """A named configuration (tiny, seed, gpt2-124m, gpt2-350m, modern-124m) with fields overridden."""
+        if name not in PRESETS:
+            raise UserError(f"unknown model preset {name!r}: choose from {', '.join(PRESETS)}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise UserError(f"unknown model field(s): {', '.join(unknown)}")
+        return replace(cls(**PRESETS[name]), **overrides)
+
+
+PRESETS: dict[str, dict] = {
+    # A few million parameters: trains usefully in minutes on a laptop CPU.
+    "tiny": dict(block_size=256, n_layer=4, n_head=4, n_embd=256, pad_vocab_multiple=64),
+    # The original project's model: 256 wide, 4 heads, 4 layers, context 512.
+    "seed": dict(block_size=512, n_layer=4, n_head=4, n_embd=256, dropout=0.1),
+    "gpt2-124m": dict(),
+    "gpt2-350m": dict(n_layer=24, n_head=16, n_embd=1024),
+    # GPT-2 small's shape with the choices of recent models (as in modded-nanogpt, Llama).
+    "modern-124m": dict(pos="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", bias=False,
+                        pad_vocab_multiple=64),
+}
+
+
+def _norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=1e-6)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
+    """The fixed position encodings of Vaswani et al. (2017): sin on even, cos on odd channels."""
+    pos = torch.arange(n_pos, dtype=torch.float64)[:, None]
+    freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    table = torch.zeros(n_pos, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)
+    return table.float()
+
+
+def rope_tables(n_pos: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles pos * base^(-2i/d), each (n_pos, head_dim/2)."""
+    freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.arange(n_pos, dtype=torch.float64)[:, None] * freq
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[i], x[i + d/2]) of x (B, H, T, d) by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class LayerCache:
+    """Keys and values one attention layer has seen, preallocated for the whole context."""
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self.k = self.v = None
+        self.pos = 0  # positions filled so far
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, t, d) at the next t positions; return all keys and values so far."""
+        if self.k is None:
+            B, H, _, D = k.shape
+            self.k = k.new_empty(B, H, self.block_size, D)
+            self.v = v.new_empty(B, H, self.block_size, D)
+        t = k.size(2)
+        self.k[:, :, self.pos:self.pos + t] = k
+        self.v[:, :, self.pos:self.pos + t] = v
+        self.pos += t
+        return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with fused QKV, optional QK-norm, RoPE and KV cache."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.head_dim, self.dropout = config.n_head, config.head_dim, config.dropout
+        self.qk_norm = config.qk_norm
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope=None, cache: LayerCache | None = None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:  # bounds the attention logits, which lets training use higher learning rates
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        start = 0
+        if cache is not None:
+            start = cache.pos
+            k, v = cache.update(k, v)
+        dropout = self.dropout if self.training else 0.0
+        if start == 0:  # the whole sequence so far is in this call: the usual causal mask
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        elif T == 1:  # one new query may look at every cached position
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:  # new queries at positions start.. see the cache and the new keys up to themselves
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: GELU (tanh form, as GPT-2), SwiGLU or ReLU²."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.kind = config.mlp
+        hidden = 4 * config.n_embd
+        if self.kind == "swiglu":  # 2/3 of 4x keeps the parameter count of the 4x MLP (Shazeer 2020)
+            hidden = (8 * config.n_embd // 3 + 63) // 64 * 64
+        n_in = 2 * hidden if self.kind == "swiglu" else hidden  # gate and value in one matmul
+        self.c_fc = nn.Linear(config.n_embd, n_in, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        if self.kind == "gelu":
+            h = F.gelu(h, approximate="tanh")
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    """One transformer layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = _norm(config)
+        self.attn = Attention(config)
+        self.ln_2 = _norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope=None, cache=None):
+        x = x + self.attn(self.ln_1(x), rope, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer language model."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        V = config.padded_vocab_size
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(V, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=_norm(config),
+        ))
+        if config.pos == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        elif config.pos == "sinusoidal":  # not persistent: derived from the config, not learned
+            self.register_buffer("sin_table", sinusoidal_table(config.block_size, config.n_embd),
+                                 persistent=False)
+        else:
+            cos, sin = rope_tables(config.block_size, config.head_dim)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(config.n_embd, V, bias=False)
+        if config.tie_embeddings:  # one Parameter, two names: state_dict and optimizers see it once
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: each residual branch's last projection is scaled so the residual stream's variance
+        # does not grow with depth (two branches per layer).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, exclude_positions: bool = False) -> int:
+        """Number of parameters, a tied weight counted once; optionally without position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_positions and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token, 6N + 12·L·H·Q·T (PaLM, appendix B), at the full context length."""
+        c = self.config
+        attention = 12 * c.n_layer * c.n_head * c.head_dim * c.block_size  # QKᵀ and AV, not in N
+        return 6 * self.num_params(exclude_positions=True) + attention
+
+    def estimate_mfu(self, tokens_per_s: float, peak_flops: float) -> float:
+        """Model FLOPs utilisation: achieved training FLOP/s as a fraction of the hardware's peak."""
+        return self.flops_per_token() * tokens_per_s / peak_flops
+
+    def _hidden(self, idx: torch.Tensor, caches: list[LayerCache] | None = None) -> torch.Tensor:
+        """Final normalised hidden states (B, T, n_embd) for tokens idx (B, T)."""
+        T = idx.size(1)
+        start = caches[0].pos if caches is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        x = self.transformer.wte(idx)
+        rope = None
+        if self.config.pos == "learned":
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+        elif self.config.pos == "sinusoidal":
+            x = x + self.sin_table[start:start + T].to(x.dtype)
+        else:
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rope, caches[i] if caches is not None else None)
+        return self.transformer.ln_f(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        # The padded rows exist only to make the matmul a friendly size; cut them off here so they
+        # can never be sampled or take probability mass in the loss.
+        return self.lm_head(x)[..., :self.config.vocab_size]
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """Logits (B, T, vocab_size) for token ids idx (B, T); with targets also the mean cross-entropy."""
+        logits = self._logits(self._hidden(idx))
+        loss = None
+        if targets is not None:  # computed in float32 even under bf16 autocast; -1 marks ignored targets
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True,
+                 eot=None, generator=None, callback=None):
+        """Continue idx (B, T) by max_new_tokens sampled tokens; returns the longer idx.
+
+        temperature 0 means greedy. top_k keeps the k likeliest tokens, top_p the smallest set whose
+        probability reaches p. With eot, a row that samples it is finished (later tokens are eot)
+        and generation stops once all rows are. generator seeds the sampling; callback(tokens) gets
+        each new column (B,) as it is made, for streaming.
+        """
+        was_training = self.training
+        self.eval()  # dropout off: generation must be a function of the weights only
+        try:
+            block = self.config.block_size
+            caches = None
+            done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+            for _ in range(max_new_tokens):
+                if not use_cache:
+                    x = self._hidden(idx[:, -block:])
+                elif caches is None or caches[0].pos >= block:
+                    # Empty, or full: (re)build the cache from the window of the last `block` tokens.
+                    caches = caches or [LayerCache(block) for _ in range(self.config.n_layer)]
+                    for cache in caches:
+                        cache.pos = 0
+                    x = self._hidden(idx[:, -block:], caches)
+                else:
+                    x = self._hidden(idx[:, -1:], caches)
+                logits = self._logits(x[:, -1, :]).float()
+                nxt = sample(logits, temperature, top_k, top_p, generator)
+                if eot is not None:
+                    nxt = torch.where(done, torch.full_like(nxt, eot), nxt)
+                    done |= nxt == eot
+                idx = torch.cat([idx, nxt[:, None]], dim=1)
+                if callback is not None:
+                    callback(nxt)
+                if eot is not None and bool(done.all()):
+                    break
+            return idx
+        finally:
+            self.train(was_training)
+
+
+def sample(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
+    """One token id per row of logits (B, V): greedy at temperature 0, else top-k / nucleus sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens before it already reach top_p; the likeliest always stays.
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
