@@ -20,46 +20,257 @@ def _not_built(name: str):
 
 
 def cmd_estimate(args) -> int:
-    _not_built("estimate")
+    import json
+
+    from scratchllm.data.estimate import describe, estimate
+    from scratchllm.data.sources import open_source
+    from scratchllm.util import parse_size
+
+    target = parse_size(args.target)
+    source = open_source(args.source)
+    result = estimate(source, target, sample_docs=args.sample_docs, seed=args.seed,
+                      progress=not args.quiet and not args.json)
+    print(json.dumps(result.to_json()) if args.json else describe(result))
+    return 0
 
 
 def cmd_download(args) -> int:
-    _not_built("download")
+    from scratchllm.data.download import download
+    from scratchllm.data.sources import open_source
+    from scratchllm.util import parse_size
+
+    target = parse_size(args.target)
+    shard_size = parse_size(args.shard_size)
+    min_free = parse_size(args.min_free) if args.min_free is not None else None
+    keep = [c.strip() for c in args.keep_columns.split(",") if c.strip()]
+    download(open_source(args.source), target, args.out, shard_size=shard_size, min_free=min_free,
+             keep_columns=keep, progress=not args.quiet)
+    return 0
+
+
+def _tokenizer_input(args):
+    """--data DIR (a download folder, as a Path) or --source SPEC (default shakespeare)."""
+    from pathlib import Path
+
+    return Path(args.data) if args.data else (args.source or "shakespeare")
 
 
 def cmd_tokenizer_train(args) -> int:
-    _not_built("tokenizer train")
+    import time
+
+    from scratchllm.tokenizer import train_tokenizer
+    from scratchllm.util import parse_size
+
+    if args.vocab_size < 258:
+        raise UserError(f"--vocab-size must be at least 258 (256 bytes, one merge, <|endoftext|>), "
+                        f"got {args.vocab_size}")
+    max_bytes = parse_size(args.max_bytes) if args.max_bytes else None
+    start = time.perf_counter()
+    tok = train_tokenizer(_tokenizer_input(args), args.vocab_size, args.out, pattern=args.pattern,
+                          max_bytes=max_bytes, workers=args.workers, quiet=args.quiet)
+    if tok.vocab_size < args.vocab_size:
+        print(f"scratchllm: note: the text ran out of pairs to merge; vocab is {tok.vocab_size:,}, "
+              f"not {args.vocab_size:,}", file=sys.stderr)
+    if not args.quiet:
+        print(f"learned {tok.vocab_size - 256 - len(tok.special_tokens):,} merges "
+              f"(vocab {tok.vocab_size:,}) in {time.perf_counter() - start:.1f} s "
+              f"-> {args.out}/tokenizer.json")
+    return 0
 
 
 def cmd_tokenize(args) -> int:
-    _not_built("tokenize")
+    from scratchllm.tokenizer import load_tokenizer, tokenize_to_dir
+
+    tok = load_tokenizer(args.tokenizer)
+    meta = tokenize_to_dir(_tokenizer_input(args), tok, args.out, val_docs=args.val_docs,
+                           val_fraction=args.val_fraction, workers=args.workers, quiet=args.quiet)
+    if not args.quiet:
+        tr, va = meta["train"], meta["val"]
+        print(f"train.bin: {tr['tokens']:,} tokens from {tr['documents']:,} documents; "
+              f"val.bin: {va['tokens']:,} tokens from {va['documents']:,} documents; "
+              f"{(tr['bytes'] + va['bytes']) / max(1, tr['tokens'] + va['tokens']):.2f} bytes/token "
+              f"({meta['tokenizer']}, {meta['seconds']:.1f} s) -> {args.out}")
+    return 0
 
 
 # --- stages 3 and 4: model, training ---------------------------------------------------------
 
 
 def cmd_model_info(args) -> int:
-    _not_built("model info")
+    import dataclasses
+
+    import torch
+    import torchinfo
+
+    from scratchllm.model.gpt import GPT, GPTConfig
+
+    types = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        key = key.strip().removeprefix("model.")
+        if not sep or key not in types:
+            raise UserError(f"bad --set {item!r}: expected model.FIELD=VALUE, "
+                            f"FIELD one of {', '.join(types)}")
+        kind = types[key] if isinstance(types[key], str) else types[key].__name__
+        try:
+            if kind == "bool":
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                overrides[key] = value.lower() in ("true", "1")
+            else:
+                overrides[key] = {"int": int, "float": float}.get(kind, str)(value)
+        except ValueError:
+            raise UserError(f"bad --set {item!r}: {key} takes a {kind}") from None
+    config = GPTConfig.preset(args.preset, **overrides)
+    with torch.device("meta"):  # shapes only: no memory, no time spent on random weights
+        model = GPT(config)
+        idx = torch.zeros(1, config.block_size, dtype=torch.long)
+    summary = torchinfo.summary(model, input_data=idx, depth=3, verbose=0, device="meta",
+                                col_names=("output_size", "num_params"), row_settings=("var_names",))
+    n, n_pos = model.num_params(), model.num_params(exclude_positions=True)
+    print(summary)
+    print(f"preset {args.preset}: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
+    tied = " (tied embedding and head counted once)" if config.tie_embeddings else ""
+    print(f"parameters: {n:,}{tied}")
+    print(f"parameters without position embeddings: {n_pos:,}")
+    print(f"training FLOPs per token (6N + 12·L·H·Q·T, T={config.block_size}): {model.flops_per_token():,}")
+    print(f"weights: {n * 4 / 1e6:,.1f} MB in float32, {n * 2 / 1e6:,.1f} MB in bfloat16")
+    return 0
 
 
 def cmd_train(args) -> int:
-    _not_built("train")
+    from pathlib import Path
+
+    from scratchllm.config import build_config, load_run_config
+    from scratchllm.train import train
+
+    saved = Path(args.out) / "config.toml"
+    if args.resume and saved.is_file():
+        if args.preset or args.config:
+            raise UserError("--resume continues with the run's own config.toml; drop --preset/--config "
+                            "(--set still applies)")
+        cfg = load_run_config(saved).apply_sets(args.set)
+        cfg = cfg.update({"model": {"vocab_size": cfg.model.vocab_size}}, str(saved))  # keep its shape
+    else:
+        cfg = build_config(args.preset, args.config, args.set)
+    if args.max_steps is not None:
+        cfg = cfg.update({"train": {"max_steps": args.max_steps}}, "--max-steps")
+    if args.max_minutes is not None:
+        cfg = cfg.update({"train": {"max_minutes": args.max_minutes}}, "--max-minutes")
+    cfg.train.validate()
+    summary = train(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet)
+    if summary is not None and summary.get("val_loss") is not None and _is_main_rank():
+        bpb = f", {summary['val_bpb']:.3f} bits/byte" if "val_bpb" in summary else ""
+        print(f"{summary['run']}: step {summary['step']}, val loss {summary['val_loss']:.4f}{bpb} "
+              f"({summary['stop_reason']})")
+    return 0
+
+
+def _is_main_rank() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def cmd_eval(args) -> int:
-    _not_built("eval")
+    import dataclasses
+    import math
+
+    from scratchllm.train.checkpoint import load_run
+    from scratchllm.train.distributed import Dist, pick_device
+    from scratchllm.train.metrics import bits_per_byte
+    from scratchllm.train.trainer import evaluate, open_data
+
+    device = pick_device("auto")
+    cfg, model, path = load_run(args.run, device, warn=lambda m: print(m, file=sys.stderr))
+    data = args.data or cfg.train.data
+    if not data:
+        raise UserError(f"{args.run}: no token folder recorded; pass --data DIR")
+    meta, _, val, _ = open_data(data, dataclasses.replace(cfg, explicit=frozenset({"model.vocab_size"})))
+    loss = evaluate(model, val, cfg.train, cfg.model.block_size, device, Dist())
+    line = f"val loss {loss:.4f}, perplexity {math.exp(min(loss, 50)):.2f}"
+    if meta.get("val", {}).get("bytes"):
+        line += f", {bits_per_byte(loss, meta['val']['tokens'], meta['val']['bytes']):.4f} bits/byte"
+    print(f"{line} ({path.name}, {cfg.train.eval_batches} batches of {cfg.train.batch_size} x "
+          f"{cfg.model.block_size} tokens from {data})")
+    return 0
 
 
 def cmd_generate(args) -> int:
-    _not_built("generate")
+    import torch
+
+    from scratchllm.train.checkpoint import load_run, run_tokenizer
+    from scratchllm.train.distributed import pick_device
+
+    if args.max_new_tokens < 0 or args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise UserError("need --max-new-tokens >= 0, --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
+    device = pick_device("auto")
+    cfg, model, _ = load_run(args.run, device, warn=lambda m: print(m, file=sys.stderr))
+    tok = run_tokenizer(args.run, cfg)
+    prompt = tok.encode(args.prompt) or [tok.eot_id]
+    idx = torch.tensor([prompt], device=device)
+    made: list[int] = []
+    shown = 0
+    sys.stdout.write(args.prompt)
+
+    def stream(column):
+        # Print as soon as the bytes so far decode cleanly (a character can span several tokens).
+        nonlocal shown
+        made.append(int(column[0]))
+        text = tok.decode(made)
+        if not text.endswith("\ufffd"):
+            sys.stdout.write(text[shown:])
+            sys.stdout.flush()
+            shown = len(text)
+
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+                   top_p=args.top_p, use_cache=not args.no_cache, generator=gen, callback=stream)
+    sys.stdout.write(tok.decode(made)[shown:] + "\n")
+    return 0
 
 
 def cmd_export(args) -> int:
-    _not_built("export")
+    import shutil
+    from pathlib import Path
+
+    from scratchllm.model.hf import to_hf
+    from scratchllm.train.checkpoint import load_run, run_tokenizer
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise UserError(f"{out} exists and is not an earlier export; pick another --out")
+    cfg, model, path = load_run(args.run, warn=lambda m: print(m, file=sys.stderr))
+    try:
+        tok = run_tokenizer(args.run, cfg)
+    except UserError:
+        tok = None
+    hf_model = to_hf(model, eos_token_id=tok.eot_id if tok else None)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    hf_model.save_pretrained(tmp)
+    note = "no tokenizer files (the run has no tokenizer)"
+    if tok is not None:
+        from transformers import PreTrainedTokenizerFast
+
+        eot = next((s for s, i in tok.special_tokens.items() if i == tok.eot_id), None)
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok.to_hf(), eos_token=eot, bos_token=eot)
+        fast.save_pretrained(tmp)
+        note = "with tokenizer files"
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(f"wrote {out} ({path.name}, {note}); load it with "
+          f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
 
 
 def cmd_demo(args) -> int:
-    _not_built("demo")
+    from scratchllm.demo import run_demo
+
+    run_demo(args.out, minutes=args.minutes, quiet=args.quiet)
+    return 0
 
 
 # --- the parser --------------------------------------------------------------------------------
@@ -114,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", choices=["gpt4", "gpt2"], default="gpt4",
                    help="pre-tokenization split pattern (default: gpt4)")
     p.add_argument("--max-bytes", default=None, help="learn from at most this much text")
+    p.add_argument("--workers", type=int, default=None, help="processes counting chunks (default: cores)")
 
     p = add("tokenize", cmd_tokenize, "encode documents into train.bin and val.bin")
     src = p.add_mutually_exclusive_group()

@@ -1,0 +1,151 @@
+"""`scratchllm demo`: the four stages on the complete works of Shakespeare, in minutes on a laptop CPU.
+
+1. data: download the corpus into shards, learn a 4,096-token BPE on the training plays, write
+   train.bin and val.bin (validation = the last three plays, whole);
+2. attention: the model's fused attention is checked against the step-by-step version;
+3. architecture: the `tiny` GPT (4 layers, 256 wide, context 256);
+4. training: bfloat16 on the CPU for a time budget, with a schedule sized to fit it; then
+   evaluation, a text sample and the loss curve.
+Everything lands under one folder, printed at the end with the final numbers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+VOCAB_SIZE = 4096
+VAL_PLAYS = 3
+DEFAULT_MINUTES = 6.0  # training budget; the other stages take well under a minute together
+PROMPT = "To be, or not to be"
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def steps_per_second(cfg, n: int = 3) -> float:
+    """Measured optimizer steps a second of this config on this machine (after one warm-up step)."""
+    import torch
+
+    from scratchllm.model.gpt import GPT
+    from scratchllm.train.distributed import pick_device
+    from scratchllm.train.trainer import autocast, make_optimizer
+
+    tc, device = cfg.train, pick_device(cfg.train.device)
+    torch.manual_seed(0)
+    model = GPT(cfg.model).to(device)
+    opt = make_optimizer(model, tc)
+    x = torch.randint(0, cfg.model.vocab_size, (tc.batch_size, cfg.model.block_size + 1), device=device)
+    times = []
+    for _ in range(n + 1):
+        t = time.perf_counter()
+        for _ in range(tc.grad_accum):
+            with autocast(device, tc.dtype):
+                _, loss = model(x[:, :-1], x[:, 1:])
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return 1.0 / (sum(times[1:]) / n)
+
+
+def _attention_check() -> str:
+    """Stage 2 in one line: fused causal attention equals the step-by-step computation."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 1, 4, 16, 32).unbind(0)
+    scores = q @ k.transpose(-2, -1) / 32**0.5
+    scores = scores.masked_fill(torch.ones(16, 16).triu(1).bool(), float("-inf"))
+    slow = scores.softmax(-1) @ v
+    fast = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    diff = (slow - fast).abs().max().item()
+    return f"softmax(QK^T/sqrt(d) + causal mask) V equals fused attention: max diff {diff:.1e}"
+
+
+def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool = False) -> dict:
+    """Run the whole pipeline into `out`; print where everything went; return the final figures."""
+    import torch
+
+    from scratchllm.config import build_config
+    from scratchllm.data.download import download, iter_downloaded
+    from scratchllm.data.sources import open_source
+    from scratchllm.model.gpt import GPT
+    from scratchllm.tokenizer import tokenize_to_dir, train_tokenizer
+    from scratchllm.train.trainer import train
+    from scratchllm.util import UserError
+
+    out = Path(out)
+    minutes = DEFAULT_MINUTES if minutes is None else minutes
+    if minutes <= 0:
+        raise UserError(f"--minutes must be positive, got {minutes}")
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+
+    _say("== stage 1: data ==")
+    raw, tok_dir, data_dir, run_dir = out / "raw", out / "tokenizer", out / "tokens", out / "run"
+    download(open_source("shakespeare"), 100 * 10**6, raw, progress=not quiet, log=_say)
+    docs = list(iter_downloaded(raw))
+    train_docs, val_docs = docs[:-VAL_PLAYS], docs[-VAL_PLAYS:]
+    tok = train_tokenizer([d.text for d in train_docs], VOCAB_SIZE, tok_dir, quiet=quiet)
+    _say(f"learned a {tok.vocab_size:,}-token BPE on {len(train_docs)} texts -> {tok_dir / 'tokenizer.json'}")
+    meta = tokenize_to_dir(docs, tok, data_dir, val_docs=VAL_PLAYS, quiet=quiet)
+    _say(f"tokens -> {data_dir}: train {meta['train']['tokens']:,}, val {meta['val']['tokens']:,} "
+         f"({', '.join(d.id for d in val_docs)})")
+
+    _say("== stage 2: attention ==")
+    _say(_attention_check())
+
+    _say("== stage 3: architecture ==")
+    cfg = build_config("tiny", sets=["train.dtype=bfloat16", f"model.vocab_size={tok.vocab_size}"])
+    model = GPT(cfg.model)
+    _say(f"tiny GPT: {cfg.model.n_layer} layers, {cfg.model.n_head} heads, {cfg.model.n_embd} wide, context "
+         f"{cfg.model.block_size}; {model.num_params() / 1e6:.2f}M parameters, "
+         f"{model.flops_per_token() / 1e6:.1f} MFLOP per token")
+    del model
+
+    _say("== stage 4: training ==")
+    rate = steps_per_second(cfg, n=5)
+    # The cosine ends where the budget does (max_minutes stops it if the machine turns out slower);
+    # four evaluations keep their cost, and the samples', small against the training.
+    steps = max(20, int(rate * minutes * 60))
+    every = max(10, steps // 4)
+    cfg = cfg.apply_sets([f"train.max_steps={steps}", f"train.max_minutes={minutes}",
+                          f"train.warmup_steps={min(50, steps // 10)}", f"train.eval_every={every}",
+                          f"train.ckpt_every={every}", "train.log_every=5", "train.sample_tokens=64"])
+    _say(f"{rate:.2f} steps/s measured here: {steps} steps of {cfg.train.batch_size} x "
+         f"{cfg.model.block_size} "
+         f"tokens in bfloat16 fit {minutes:g} minutes")
+    if run_dir.exists():
+        _say(f"replacing the previous demo run in {run_dir}")
+        shutil.rmtree(run_dir)
+    summary = train(cfg, data_dir, run_dir, quiet=quiet)
+
+    from scratchllm.train.checkpoint import load_run
+
+    _, model, _ = load_run(run_dir)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.tensor([tok.encode(PROMPT)])
+    text = tok.decode(model.generate(idx, 150, temperature=0.8, top_k=50, generator=gen)[0].tolist())
+    with open(run_dir / "samples.txt", "a", encoding="utf-8") as f:
+        f.write(f"--- final sample, prompt {PROMPT!r} ---\n{text}\n")
+
+    total = (time.perf_counter() - t0) / 60
+    _say("")
+    _say("== outputs ==")
+    for name, path in [("raw text shards", raw), ("tokenizer", tok_dir / "tokenizer.json"),
+                       ("token files", data_dir), ("run (config, checkpoints)", run_dir),
+                       ("metrics", run_dir / "metrics.jsonl"), ("loss curve", run_dir / "loss.png"),
+                       ("samples", run_dir / "samples.txt")]:
+        _say(f"  {name:<27} {path}")
+    _say(f"final val loss {summary['val_loss']:.4f} nats/token, {summary['val_bpb']:.3f} bits per byte "
+         f"after {summary['step']} steps ({summary['minutes']:.1f} min training, {total:.1f} min in all)")
+    _say(f"sample:\n{text}")
+    sys.stdout.flush()
+    return {**summary, "sample": text, "total_minutes": total}

@@ -1,0 +1,104 @@
+"""Data parallelism through `torchrun`: which rank we are, the device it owns, and small collectives.
+
+`torchrun --nproc_per_node=N -m scratchllm train ...` starts N copies of the command with RANK,
+LOCAL_RANK and WORLD_SIZE in the environment; without them this is a single process and every
+helper here does nothing. NCCL carries the gradients on CUDA, gloo on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    """This process's place in the job."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        """True under torchrun with more than nothing to talk to."""
+        return dist.is_available() and dist.is_initialized()
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 alone logs, evaluates to disk and saves checkpoints."""
+        return self.rank == 0
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Average a tensor over ranks (in place and returned)."""
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t /= self.world_size
+        return t
+
+    def any(self, flag: bool, device) -> bool:
+        """True on every rank if it is True on any rank (so all ranks stop at the same step)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        """Wait for all ranks."""
+        if self.enabled:
+            dist.barrier()
+
+
+def setup(device_name: str) -> tuple[Dist, torch.device]:
+    """Join the torchrun job if there is one; return our place in it and the device to use."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return Dist(), pick_device(device_name)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    return Dist(rank=rank, local_rank=local_rank, world_size=world), device
+
+
+def teardown() -> None:
+    """Leave the job cleanly (torchrun warns otherwise)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` is CUDA, then Apple MPS, then the CPU; anything else is taken as a torch device name."""
+    from scratchllm.util import UserError
+
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError as e:
+            raise UserError(f"train.device: {e}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("train.device is cuda but no CUDA GPU is available (use auto or cpu)")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise UserError("train.device is mps but Apple MPS is not available (use auto or cpu)")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

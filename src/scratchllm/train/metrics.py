@@ -1,0 +1,66 @@
+"""What a run records: `metrics.jsonl` (one JSON object a line) and `loss.png` (train and val curves)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from scratchllm.util import atomic_path, atomic_write_bytes
+
+
+def bits_per_byte(loss: float, tokens: int, n_bytes: int) -> float:
+    """Cross-entropy in nats per token turned into bits per UTF-8 byte of text."""
+    return loss / math.log(2) * tokens / n_bytes
+
+
+class MetricsLog:
+    """Appends lines to `metrics.jsonl`; keeps everything in memory for the plot."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    self.rows.append(json.loads(line))
+                except ValueError:  # a line cut off by a kill: it is rewritten after the resume
+                    break
+
+    def truncate_after(self, step: int) -> None:
+        """Forget lines after `step` (a resume replays those steps and writes them again)."""
+        self.rows = [r for r in self.rows if r.get("step", 0) <= step]
+        text = "".join(json.dumps(r) + "\n" for r in self.rows)
+        atomic_write_bytes(self.path, text.encode())
+
+    def log(self, **row) -> None:
+        """Append one line and flush it, so a killed run keeps every line written so far."""
+        self.rows.append(row)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def plot(self, path: str | Path, title: str = "") -> None:
+        """Write the train and val loss curves as a PNG (atomically)."""
+        try:
+            import matplotlib
+        except ImportError:  # plotting is optional (e.g. a bare GPU image); metrics.jsonl has it all
+            return
+        matplotlib.use("Agg")  # no display needed; must come before pyplot
+        import matplotlib.pyplot as plt
+
+        train = [(r["step"], r["loss"]) for r in self.rows if "loss" in r]
+        val = [(r["step"], r["val_loss"]) for r in self.rows if "val_loss" in r]
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+        if train:
+            ax.plot(*zip(*train, strict=True), label="train", lw=1, alpha=0.8)
+        if val:
+            ax.plot(*zip(*val, strict=True), "o-", label="val", lw=1.5, ms=3)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("cross-entropy loss (nats/token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)

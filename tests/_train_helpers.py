@@ -1,0 +1,56 @@
+"""Token folders for the training tests: real text (Shakespeare) as byte-level tokens, no tokenizer needed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from scratchllm.data.tokens import write_tokens
+
+# A model small enough for a few seconds of CPU, as --set arguments and as a dict.
+SMALL = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 64, "model.block_size": 64,
+         "train.batch_size": 8, "train.dtype": "float32", "train.warmup_steps": 5, "train.log_every": 1,
+         "train.eval_batches": 2, "train.sample_tokens": 0}
+
+
+def sets(**extra) -> list[str]:
+    """`--set` arguments for SMALL plus overrides (keys with __ for the dot: train__lr=...)."""
+    merged = {**SMALL, **{k.replace("__", "."): v for k, v in extra.items()}}
+    args = []
+    for key, value in merged.items():
+        args += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    return args
+
+
+def shakespeare_bytes(limit: int = 600_000) -> bytes:
+    """The first `limit` bytes of the complete works (fetched once into the shared cache)."""
+    from scratchllm.data.sources import open_source
+
+    out = bytearray()
+    for doc in open_source("shakespeare"):
+        out += doc.text.encode()
+        if len(out) >= limit:
+            break
+    return bytes(out[:limit])
+
+
+def byte_token_dir(folder: Path, data: bytes, val_fraction: float = 0.1) -> Path:
+    """Write train.bin / val.bin / meta.json with one token per byte (vocab 256)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = np.frombuffer(data, dtype=np.uint8).astype(np.uint16)
+    n_val = int(len(tokens) * val_fraction)
+    write_tokens(folder / "train.bin", tokens[:-n_val])
+    write_tokens(folder / "val.bin", tokens[-n_val:])
+    split = {"train": len(tokens) - n_val, "val": n_val}
+    meta = {"tokenizer": "bytes", "vocab_size": 256, "eot_id": 0, "token_dtype": "uint16", "source": "test"}
+    meta.update({k: {"documents": 1, "tokens": n, "bytes": n} for k, n in split.items()})
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every training line of a run's metrics.jsonl."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]

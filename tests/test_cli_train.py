@@ -1,0 +1,114 @@
+"""`train`, `eval`, `generate`, `export` from the command line: bad input ends in one line, exit 2;
+the exported model is a transformers model that generates the same greedy text."""
+
+import json
+
+import pytest
+from _train_helpers import byte_token_dir, sets
+
+from scratchllm.data.tokens import write_tokens
+
+
+def _one_line_error(r, *words):
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scratchllm: error:"), r.stderr
+    assert "Traceback" not in r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def byte_data(tmp_path_factory):
+    return byte_token_dir(tmp_path_factory.mktemp("bytes") / "data", b"to be or not to be, " * 2000)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A small run trained on real tokens (a BPE learned here), with its tokenizer."""
+    import subprocess
+    import sys
+
+    from scratchllm.data.sources import open_source
+    from scratchllm.tokenizer import tokenize_to_dir, train_bpe
+
+    root = tmp_path_factory.mktemp("run")
+    docs = [d for _, d in zip(range(4), open_source("shakespeare"), strict=False)]
+    tok = train_bpe([d.text for d in docs[:3]], 400)
+    tokenize_to_dir(docs, tok, root / "data", val_docs=1, quiet=True)
+    cmd = [sys.executable, "-m", "scratchllm", "train", "--data", str(root / "data"), "--out",
+           str(root / "run"), "--quiet", *sets(train__max_steps=30, train__eval_every=30, train__lr=3e-3)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    return root / "run"
+
+
+def test_missing_data_folder(run_cli, tmp_path):
+    r = run_cli("train", "--data", tmp_path / "nope", "--out", tmp_path / "r")
+    _one_line_error(r, "no such data folder")
+
+
+def test_data_vocab_larger_than_model(run_cli, byte_data, tmp_path):
+    r = run_cli("train", "--data", byte_data, "--out", tmp_path / "r", "--set", "model.vocab_size=200")
+    _one_line_error(r, "vocabulary of 256", "model.vocab_size 200")
+
+
+def test_unknown_set_key(run_cli, byte_data, tmp_path):
+    _one_line_error(run_cli("train", "--data", byte_data, "--out", tmp_path / "r", "--set", "train.lrate=1"),
+                    "unknown key train.lrate")
+
+
+def test_wrong_typed_value(run_cli, byte_data, tmp_path):
+    _one_line_error(run_cli("train", "--data", byte_data, "--out", tmp_path / "r",
+                            "--set", "model.n_layer=two"), "model.n_layer must be int")
+
+
+def test_truncated_token_file(run_cli, byte_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "meta.json").write_text((byte_data / "meta.json").read_text())
+    write_tokens(data / "val.bin", list(range(200)))
+    (data / "train.bin").write_bytes((byte_data / "train.bin").read_bytes()[:-10])
+    _one_line_error(run_cli("train", "--data", data, "--out", tmp_path / "r"), "truncated")
+
+
+def test_existing_run_needs_resume_and_is_left_alone(run_cli, run, byte_data):
+    before = (run / "metrics.jsonl").read_text()
+    _one_line_error(run_cli("train", "--data", byte_data, "--out", run), "--resume")
+    _one_line_error(run_cli("train", "--data", byte_data, "--out", run, "--resume", "--preset", "tiny"),
+                    "drop --preset")
+    assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_eval_reproduces_the_last_validation_loss(run_cli, run):
+    r = run_cli("eval", "--run", run)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [x for x in rows if "val_loss" in x][-1]
+    printed = float(r.stdout.split("val loss ")[1].split(",")[0])
+    assert printed == pytest.approx(last["val_loss"], abs=1e-4)
+    assert f"{last['val_bpb']:.4f} bits/byte" in r.stdout
+
+
+def test_eval_of_a_folder_without_a_run(run_cli, tmp_path):
+    _one_line_error(run_cli("eval", "--run", tmp_path), "not a run folder")
+
+
+def test_export_generates_the_same_greedy_text_in_transformers(run_cli, run, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompt = "KING. What say you"
+    ours = run_cli("generate", "--run", run, "--prompt", prompt, "--temperature", "0", "--max-new-tokens", 20)
+    assert ours.returncode == 0, ours.stderr
+    no_cache = run_cli("generate", "--run", run, "--prompt", prompt, "--temperature", "0",
+                       "--max-new-tokens", 20, "--no-cache")
+    assert no_cache.stdout == ours.stdout
+
+    r = run_cli("export", "--run", run, "--format", "hf", "--out", tmp_path / "hf")
+    assert r.returncode == 0, r.stderr
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = torch.tensor([tok.encode(prompt)])
+    out = model.generate(ids, max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                         pad_token_id=tok.eos_token_id)
+    assert tok.decode(out[0]) + "\n" == ours.stdout
