@@ -26,7 +26,7 @@ demo: install
 	$(BIN)/scratchllm demo
 
 bench: install
-	$(BIN)/python benchmarks/tokenize.py
+	$(BIN)/python benchmarks/tokenize_throughput.py
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/train_throughput.py
 

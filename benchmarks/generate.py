@@ -9,20 +9,12 @@ grows with the length; with the cache each step handles one position.
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
+import time
 
-# Running a script puts its folder first on sys.path, where benchmarks/tokenize.py would shadow
-# the standard library's tokenize (which torch imports).
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+import torch
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-
-from scratchllm.model.gpt import GPT, GPTConfig  # noqa: E402
+from scratchllm.model.gpt import GPT, GPTConfig
 
 
 def timed_generate(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache: bool):

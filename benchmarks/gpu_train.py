@@ -7,21 +7,16 @@ step 0 matches the float32 loss. Run through `benchmarks/gpu.sh`.
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
+import time
 
-# Python puts this folder first on sys.path; a sibling script's name must not shadow a stdlib module.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
-
-from scratchllm.config import TrainConfig  # noqa: E402
-from scratchllm.model.gpt import GPT, GPTConfig  # noqa: E402
-from scratchllm.train.trainer import autocast, make_optimizer  # noqa: E402
+from scratchllm.config import TrainConfig
+from scratchllm.model.gpt import GPT, GPTConfig
+from scratchllm.train.trainer import autocast, make_optimizer
 
 
 def measure(model, opt, batches, steps: int, warmup: int) -> tuple[float, float]:

@@ -10,24 +10,19 @@ a bf16 matmul peak measured here.
 
 from __future__ import annotations
 
-import os
+import argparse
+import statistics
 import sys
+import time
+from pathlib import Path
 
-# Python puts this folder first on sys.path; a sibling script's name must not shadow a stdlib module.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from scratchllm.config import TrainConfig  # noqa: E402
-from scratchllm.model.gpt import GPT, GPTConfig  # noqa: E402
-from scratchllm.train.trainer import autocast, make_optimizer  # noqa: E402
+from scratchllm.config import TrainConfig
+from scratchllm.model.gpt import GPT, GPTConfig
+from scratchllm.train.trainer import autocast, make_optimizer
 
 
 def matmul_peak(device, dtype=torch.bfloat16, n=2048, seconds=2.0) -> float:

@@ -10,26 +10,18 @@ because the machine's speed drifts with whatever else runs on it.
 2. Learning a vocab of --vocab-size on the shakespeare corpus: our trainer against the Rust
    `tokenizers` BpeTrainer (byte-level, same GPT-4 split), time and bytes per token of both.
 
-Run: python benchmarks/tokenize.py [--copies 4] [--repeats 3] [--vocab-size 8192] [--workers 1,2]
+Run: python benchmarks/tokenize_throughput.py [--copies 4] [--repeats 3] [--vocab-size 8192] [--workers 1,2]
 """
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
+import tempfile
+import time
 
-# This script shares its name with the standard library's `tokenize` module (imported by
-# `inspect`, `linecache`, ...): keep its own folder off the import path.
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-
-import argparse  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-from scratchllm.data.sources import open_source  # noqa: E402
-from scratchllm.tokenizer import GPT4_PATTERN, Tokenizer, tokenize_to_dir, train_bpe  # noqa: E402
-from scratchllm.tokenizer.parallel import default_workers  # noqa: E402
+from scratchllm.data.sources import open_source
+from scratchllm.tokenizer import GPT4_PATTERN, Tokenizer, tokenize_to_dir, train_bpe
+from scratchllm.tokenizer.parallel import default_workers
 
 
 def best_of(repeats, fn):
