@@ -395,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"scratchllm: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder, a file where a folder should be
+        if args.debug:
+            raise
+        print(f"scratchllm: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         if args.debug:
             raise
