@@ -114,13 +114,92 @@ def test_disk_guard_mid_run_keeps_a_valid_manifest_then_resumes(tmp_path):
                  free_space=shrinking_disk, log=_quiet)
     assert "3 shards" in str(e.value) and "\n" not in str(e.value)
     m = _check_folder(tmp_path / "out")
-    assert not m["complete"] and len(m["shards"]) == 3
+    assert not m["complete"] and len(m["shards"]) == 3 and m["shard_size"] == 300_000
+    # Another shard size would cut the rest differently from an uninterrupted run: refused.
+    before = (tmp_path / "out" / MANIFEST).read_bytes()
+    with pytest.raises(UserError, match="--shard-size 300000 bytes, not 200000"):
+        download(src, 3_000_000, tmp_path / "out", shard_size=200_000, min_free=0, progress=False, log=_quiet)
+    assert (tmp_path / "out" / MANIFEST).read_bytes() == before
 
     download(src, 3_000_000, tmp_path / "out", shard_size=300_000, min_free=0, progress=False, log=_quiet)
     assert _check_folder(tmp_path / "out")["complete"]
     assert _shards(tmp_path / "out") == _shards(tmp_path / "ref")
     ref_texts = [d.text for d in iter_downloaded(tmp_path / "ref")]
     assert [d.text for d in iter_downloaded(tmp_path / "out")] == ref_texts
+
+
+def _trips_after(n):
+    """A free-space check that reports a roomy disk for n calls, then a full one."""
+    calls = []
+
+    def free_space(path):
+        calls.append(path)
+        return 10**12 if len(calls) <= n else 0
+
+    return free_space
+
+
+def test_resume_after_a_resume_equals_uninterrupted_run(tmp_path):
+    # Short documents and small shards: the first stop falls past the stream's first batch of 256,
+    # the second inside the first batch read after resuming.
+    rng = np.random.default_rng(3)
+    texts = [f"doc {i} " + "word " * int(rng.integers(5, 25)) for i in range(1000)]
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(1000)], "text": texts}), tmp_path / "c.parquet")
+    spec = f"parquet:{tmp_path}/c.parquet"
+    kw = dict(shard_size=2000, progress=False, log=_quiet)
+    download(open_source(spec), 10**9, tmp_path / "ref", min_free=0, **kw)
+    for n in (16, 3):
+        with pytest.raises(UserError, match="disk guard"):
+            download(open_source(spec), 10**9, tmp_path / "out", min_free=1, free_space=_trips_after(n), **kw)
+    assert len(read_manifest(tmp_path / "out")["shards"]) == 17
+    download(open_source(spec), 10**9, tmp_path / "out", min_free=0, **kw)
+    m = _check_folder(tmp_path / "out")
+    assert m["complete"] and m["docs"] == 1000
+    assert [d.text for d in iter_downloaded(tmp_path / "out")] == texts
+    assert _shards(tmp_path / "out") == _shards(tmp_path / "ref")
+
+
+_TAKE_LOCK = """
+import sys, time
+import psutil  # loaded before the start, so all take the lock at the same moment
+from pathlib import Path
+from scratchllm.data.download import _Lock
+from scratchllm.util import UserError
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+try:
+    with _Lock(Path(sys.argv[1])):
+        print("got", flush=True)
+        time.sleep(0.5)
+except UserError:
+    print("busy")
+"""
+
+
+def test_lock_is_taken_by_exactly_one_of_many(tmp_path, cli_env):
+    start = time.time() + 2.0  # every process is up and waiting by then
+    procs = [subprocess.Popen([sys.executable, "-c", _TAKE_LOCK, str(tmp_path), str(start)], env=cli_env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    answers = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert answers == ["busy", "busy", "busy", "got"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lock_of_a_live_process_refuses_a_dead_ones_is_taken_over(tmp_path):
+    src = open_source("shakespeare")
+    out = tmp_path / "out"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(str(other.pid))
+        with pytest.raises(UserError, match=f"another download \\(pid {other.pid}\\)"):
+            download(src, 10**6, out, min_free=0, progress=False, log=_quiet)
+        assert [p.name for p in out.iterdir()] == [".lock"]
+    finally:
+        other.kill()
+        other.wait()
+    download(src, 10**6, out, min_free=0, progress=False, log=_quiet)  # its owner is gone now
+    assert _check_folder(out)["complete"]
 
 
 def test_min_free_above_free_space_refuses_before_writing(tmp_path, run_cli):

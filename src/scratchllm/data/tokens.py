@@ -24,6 +24,8 @@ FORMATS = {
     np.dtype("<u4"): (20240801, 7),
 }
 _BY_MAGIC = {magic: (dtype, version) for dtype, (magic, version) in FORMATS.items()}
+# The header keeps the count in an int32: readers of the format cannot open a longer file.
+MAX_TOKENS = 2**31 - 1
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -40,9 +42,8 @@ def _as_dtype(dtype) -> np.dtype:
 
 def _header(dtype: np.dtype, n_tokens: int) -> bytes:
     magic, version = FORMATS[dtype]
-    if n_tokens >= 2**31:
-        # The llm.c header keeps the count in an int32; readers of that format could not open more.
-        raise UserError(f"{n_tokens:,} tokens do not fit one llm.c token file (limit 2,147,483,647)")
+    if n_tokens > MAX_TOKENS:
+        raise UserError(f"{n_tokens:,} tokens do not fit one llm.c token file (limit {MAX_TOKENS:,})")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = (magic, version, n_tokens)
     return header.tobytes()
@@ -77,6 +78,11 @@ class TokenWriter:
             if lo < 0 or hi > self._limit:
                 raise ValueError(f"token id {hi if hi > self._limit else lo} does not fit {self.dtype.name}")
             arr = arr.astype(self.dtype)
+        if self.n_tokens + arr.size > MAX_TOKENS:
+            # Said now, not when the file is closed hours later.
+            raise UserError(f"{self.path.name}: more than {MAX_TOKENS:,} tokens, the most one llm.c token "
+                            "file can hold; split the corpus (e.g. a smaller download --target, or "
+                            "tokenize part of it with --data)")
         self._file.write(np.ascontiguousarray(arr.ravel()).tobytes())
         self.n_tokens += arr.size
 

