@@ -83,6 +83,15 @@ def test_half_written_temporary_folder_is_ignored(tmp_path):
     assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step_5"]
 
 
+def test_save_removes_temporary_folders_of_killed_saves(tmp_path):
+    model, opt = _model_and_opt()
+    for pid in (123, 456):  # a save killed mid-way leaves its folder, named with its process id
+        (tmp_path / f".tmp_step_9_{pid}").mkdir()
+        (tmp_path / f".tmp_step_9_{pid}" / ck.MODEL_FILE).write_bytes(b"half")
+    ck.save_checkpoint(tmp_path, 10, model, opt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_10"]
+
+
 def test_prune_keeps_last_k_and_best(tmp_path):
     model, _ = _model_and_opt()
     for step in (100, 200, 300, 400, 500):

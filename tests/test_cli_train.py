@@ -93,22 +93,62 @@ def test_eval_of_a_folder_without_a_run(run_cli, tmp_path):
     _one_line_error(run_cli("eval", "--run", tmp_path), "not a run folder")
 
 
-def test_export_generates_the_same_greedy_text_in_transformers(run_cli, run, tmp_path):
+def _stops_after(run, dest, prompt: str, k: int):
+    """A copy of `run` whose model greedily writes k tokens after `prompt`, then <|endoftext|>.
+
+    The end-of-text row of the (tied) head is solved for so that its logit is -50 at the first k
+    positions and +50 at the next; nothing else changes, so the k tokens are the model's own."""
+    import shutil
+
+    import torch
+
+    from scratchllm.train import checkpoint as ck
+
+    shutil.copytree(run, dest)
+    cfg, model, path = ck.load_run(dest)
+    tok = ck.run_tokenizer(dest, cfg)
+    ids = torch.tensor([tok.encode(prompt)])
+    with torch.no_grad():
+        full = model.generate(ids, k, temperature=0)
+        h = model._hidden(full)[0, ids.size(1) - 1:]  # hidden states that predict new tokens 0..k
+        target = torch.full((k + 1, 1), -50.0)
+        target[k] = 50.0
+        model.lm_head.weight[tok.eot_id] = torch.linalg.lstsq(h, target).solution[:, 0]
+    ck.save_checkpoint(dest / "ckpt", int(path.name[5:]) + 1, model)
+    return tok.decode(full[0].tolist())
+
+
+def test_generate_stops_at_end_of_text_and_transformers_agrees(run_cli, run, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     prompt = "KING. What say you"
-    ours = run_cli("generate", "--run", run, "--prompt", prompt, "--temperature", "0", "--max-new-tokens", 20)
+    expected = _stops_after(run, tmp_path / "run", prompt, k=6)
+    ours = run_cli("generate", "--run", tmp_path / "run", "--prompt", prompt, "--temperature", "0",
+                   "--max-new-tokens", 20)
     assert ours.returncode == 0, ours.stderr
-    no_cache = run_cli("generate", "--run", run, "--prompt", prompt, "--temperature", "0",
+    assert ours.stdout == expected + "\n"  # six tokens, then the end: the EOT itself is not printed
+    no_cache = run_cli("generate", "--run", tmp_path / "run", "--prompt", prompt, "--temperature", "0",
                        "--max-new-tokens", 20, "--no-cache")
     assert no_cache.stdout == ours.stdout
 
-    r = run_cli("export", "--run", run, "--format", "hf", "--out", tmp_path / "hf")
+    r = run_cli("export", "--run", tmp_path / "run", "--format", "hf", "--out", tmp_path / "hf")
     assert r.returncode == 0, r.stderr
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     ids = torch.tensor([tok.encode(prompt)])
-    out = model.generate(ids, max_new_tokens=20, min_new_tokens=20, do_sample=False,
-                         pad_token_id=tok.eos_token_id)
-    assert tok.decode(out[0]) + "\n" == ours.stdout
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    assert out.size(1) == ids.size(1) + 7 and out[0, -1].item() == tok.eos_token_id  # stopped there too
+    assert tok.decode(out[0], skip_special_tokens=True) + "\n" == ours.stdout
+
+
+def test_export_without_transformers_names_the_extra(monkeypatch, capsys, tmp_path):
+    import sys
+
+    from scratchllm.cli import main
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    assert main(["export", "--run", str(tmp_path), "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["scratchllm: error: this needs the transformers package: pip install 'scratchllm[hf]'"]

@@ -1,4 +1,5 @@
-"""Two processes under torchrun (gloo, CPU) train exactly like one process with twice the accumulation."""
+"""Two processes under torchrun (gloo, CPU) train exactly like one process with twice the accumulation,
+also across a stop and a resume."""
 
 import subprocess
 import sys
@@ -18,9 +19,16 @@ def test_torchrun_two_ranks_equal_one_process_with_grad_accum_2(tmp_path, cli_en
                              "--set", "train.grad_accum=2"], env=cli_env, capture_output=True, text=True,
                             timeout=300)
     assert single.returncode == 0, single.stderr
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "scratchllm", *common, "--out", str(tmp_path / "two")],
-                         env=cli_env, capture_output=True, text=True, timeout=300)
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "scratchllm", *common, "--out", str(tmp_path / "two")]
+    # Half-way a token budget stops it (the schedule stays that of 10 steps); then rank 0 picks the
+    # checkpoint to resume from for both ranks.
+    half = subprocess.run([*two, "--set", f"train.max_tokens={5 * 8 * 64 * 2}"], env=cli_env,
+                          capture_output=True, text=True, timeout=300)
+    assert half.returncode == 0, half.stderr[-3000:]
+    assert "(reached the token budget" in half.stdout
+    ddp = subprocess.run([*two, "--resume", "--set", "train.max_tokens=0"], env=cli_env, capture_output=True,
+                         text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
 
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")

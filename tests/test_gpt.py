@@ -245,3 +245,5 @@ def test_model_info_command(run_cli):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["scratchllm: error: model.n_embd (256) must be divisible by "
                                                "model.n_head (3)"]
+    train_key = run_cli("model", "info", "--preset", "tiny", "--set", "train.lr=1e-3")
+    assert train_key.returncode == 2 and "only model.* keys apply here" in train_key.stderr

@@ -121,3 +121,11 @@ def test_gpt2_124m_parity_both_ways():
     del model, hf
     hf = reference(config)
     compare(from_hf(hf).eval(), hf, idx)
+
+
+def test_from_hf_returns_an_eval_mode_model():
+    hf = reference(GPTConfig(**SMALL))  # GPT-2's config has dropout 0.1
+    model = from_hf(hf)
+    idx = torch.randint(0, 300, (1, 32))
+    assert not model.training
+    torch.testing.assert_close(model(idx)[0], model(idx)[0], atol=0, rtol=0)  # no dropout noise

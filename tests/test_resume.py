@@ -1,6 +1,7 @@
 """A run killed with SIGKILL and resumed must log exactly the losses of an uninterrupted run."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -74,3 +75,59 @@ def test_signal_finishes_the_step_saves_and_exits_0(data, tmp_path, cli_env, sig
     last = max(step for step, _ in losses(run))
     assert (run / "ckpt" / f"step_{last}" / "state.json").is_file()  # the interrupted step was saved
     assert f"(received {sig.name})" in out  # the summary line names why it stopped
+
+
+def _cfg(**extra):
+    from scratchllm.config import build_config
+
+    overrides = [f"{k.replace('__', '.')}={v}" for k, v in extra.items()]
+    return build_config("tiny", sets=[*ARGS[1::2], *overrides])
+
+
+def _rows(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "tok_per_s"} for r in rows]  # all but the timing
+
+
+@pytest.mark.parametrize("how", ["signal", "time"])
+def test_stop_by_signal_or_time_budget_then_resume_equals_uninterrupted(data, tmp_path, monkeypatch, how):
+    import types
+
+    from scratchllm.train import train
+    from scratchllm.train import trainer as trainer_module
+    from scratchllm.train.loader import TokenLoader
+
+    cfg = _cfg(train__max_steps=12, train__max_minutes=1000)
+    train(cfg, data, tmp_path / "full", quiet=True)
+
+    # Stop during step 8, off the evaluation and checkpoint schedule (every 10 and 5 steps).
+    offset, calls, real_next = [0.0], [0], TokenLoader.next_batch
+
+    def next_batch(self):
+        calls[0] += 1
+        if calls[0] == 8:
+            if how == "signal":
+                signal.raise_signal(signal.SIGTERM)
+            else:
+                offset[0] = 1e6  # the clock jumps past the time budget
+        return real_next(self)
+
+    monkeypatch.setattr(TokenLoader, "next_batch", next_batch)
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(
+        perf_counter=lambda: time.perf_counter() + offset[0]))
+    summary = train(cfg, data, tmp_path / "stopped", quiet=True)
+    assert summary["step"] == 8 and summary["stop_reason"].startswith("received" if how == "signal" else
+                                                                       "reached the time budget")
+    assert (summary["val_loss"] is None) == (how == "signal")  # a signal exits without evaluating
+    monkeypatch.undo()
+    train(cfg, data, tmp_path / "stopped", resume=True, quiet=True)
+    assert _rows(tmp_path / "stopped") == _rows(tmp_path / "full")
+
+
+def test_resume_in_another_dtype(data, tmp_path):
+    from scratchllm.train import train
+
+    train(_cfg(train__max_steps=2, train__eval_every=100), data, tmp_path / "run", quiet=True)
+    summary = train(_cfg(train__max_steps=4, train__eval_every=100, train__dtype="float16"), data,
+                    tmp_path / "run", resume=True, quiet=True)  # a float16 grad scaler starts fresh
+    assert summary["step"] == 4 and math.isfinite(summary["val_loss"])

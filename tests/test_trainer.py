@@ -81,3 +81,34 @@ def test_accumulation_4x2_equals_8x1(tmp_path):
     assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 7))
     assert np.allclose([x for _, x in a], [x for _, x in b], rtol=0, atol=1e-5)
     assert a[-1][1] < a[0][1]
+
+
+def test_peak_flops_matches_whole_gpu_names():
+    from scratchllm.train.trainer import PEAK_FLOPS, peak_flops
+
+    assert peak_flops("NVIDIA L4") == PEAK_FLOPS["L4"]
+    assert peak_flops("NVIDIA L40S") == PEAK_FLOPS["L40S"] != PEAK_FLOPS["L4"]
+    assert peak_flops("NVIDIA L40") == PEAK_FLOPS["L40"]
+    assert peak_flops("NVIDIA A100-SXM4-80GB") == PEAK_FLOPS["A100"]
+    assert peak_flops("NVIDIA H100 80GB HBM3") == PEAK_FLOPS["H100"]
+    assert peak_flops("NVIDIA GeForce RTX 4090") == PEAK_FLOPS["4090"]
+    assert peak_flops("NVIDIA GeForce RTX 3060") is None
+
+
+def test_compile_without_a_working_compiler_warns_and_trains_eagerly(tmp_path, cli_env):
+    import subprocess
+    import sys
+
+    from _train_helpers import sets
+
+    data = byte_token_dir(tmp_path / "data", shakespeare_bytes(50_000))
+    common = ["train", "--data", str(data), "--quiet", *sets(train__max_steps=3, train__eval_every=100)]
+    env = {**cli_env, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
+           "TORCHINDUCTOR_AUTOGRAD_CACHE": "0", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    r = subprocess.run([sys.executable, "-m", "scratchllm", *common, "--out", str(tmp_path / "c"),
+                        "--set", "train.compile=true"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    warnings = [line for line in r.stderr.splitlines() if "torch.compile" in line]
+    assert len(warnings) == 1 and "training without it" in warnings[0], r.stderr
+    train(_cfg(train__max_steps=3, train__eval_every=100), data, tmp_path / "eager", quiet=True)
+    assert losses(tmp_path / "c") == losses(tmp_path / "eager")  # the eager path, exactly

@@ -102,27 +102,10 @@ def cmd_model_info(args) -> int:
     import torch
     import torchinfo
 
-    from scratchllm.model.gpt import GPT, GPTConfig
+    from scratchllm.config import Config
+    from scratchllm.model.gpt import GPT
 
-    types = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        key = key.strip().removeprefix("model.")
-        if not sep or key not in types:
-            raise UserError(f"bad --set {item!r}: expected model.FIELD=VALUE, "
-                            f"FIELD one of {', '.join(types)}")
-        kind = types[key] if isinstance(types[key], str) else types[key].__name__
-        try:
-            if kind == "bool":
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(value)
-                overrides[key] = value.lower() in ("true", "1")
-            else:
-                overrides[key] = {"int": int, "float": float}.get(kind, str)(value)
-        except ValueError:
-            raise UserError(f"bad --set {item!r}: {key} takes a {kind}") from None
-    config = GPTConfig.preset(args.preset, **overrides)
+    config = Config.preset(args.preset).apply_sets(args.set, sections=("model",)).model
     with torch.device("meta"):  # shapes only: no memory, no time spent on random weights
         model = GPT(config)
         idx = torch.zeros(1, config.block_size, dtype=torch.long)
@@ -160,10 +143,10 @@ def cmd_train(args) -> int:
         cfg = cfg.update({"train": {"max_minutes": args.max_minutes}}, "--max-minutes")
     cfg.train.validate()
     summary = train(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet)
-    if summary is not None and summary.get("val_loss") is not None and _is_main_rank():
+    if summary is not None and _is_main_rank():
+        val = f", val loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else ""
         bpb = f", {summary['val_bpb']:.3f} bits/byte" if "val_bpb" in summary else ""
-        print(f"{summary['run']}: step {summary['step']}, val loss {summary['val_loss']:.4f}{bpb} "
-              f"({summary['stop_reason']})")
+        print(f"{summary['run']}: step {summary['step']}{val}{bpb} ({summary['stop_reason']})")
     return 0
 
 
@@ -179,7 +162,7 @@ def cmd_eval(args) -> int:
 
     from scratchllm.train.checkpoint import load_run
     from scratchllm.train.distributed import Dist, pick_device
-    from scratchllm.train.metrics import bits_per_byte
+    from scratchllm.train.metrics import split_bits_per_byte
     from scratchllm.train.trainer import evaluate, open_data
 
     device = pick_device("auto")
@@ -190,8 +173,9 @@ def cmd_eval(args) -> int:
     meta, _, val, _ = open_data(data, dataclasses.replace(cfg, explicit=frozenset({"model.vocab_size"})))
     loss = evaluate(model, val, cfg.train, cfg.model.block_size, device, Dist())
     line = f"val loss {loss:.4f}, perplexity {math.exp(min(loss, 50)):.2f}"
-    if meta.get("val", {}).get("bytes"):
-        line += f", {bits_per_byte(loss, meta['val']['tokens'], meta['val']['bytes']):.4f} bits/byte"
+    bpb = split_bits_per_byte(loss, meta.get("val", {}))
+    if bpb is not None:
+        line += f", {bpb:.4f} bits/byte"
     print(f"{line} ({path.name}, {cfg.train.eval_batches} batches of {cfg.train.batch_size} x "
           f"{cfg.model.block_size} tokens from {data})")
     return 0
@@ -217,6 +201,8 @@ def cmd_generate(args) -> int:
     def stream(column):
         # Print as soon as the bytes so far decode cleanly (a character can span several tokens).
         nonlocal shown
+        if int(column[0]) == tok.eot_id:  # the end of the document: generation stops there
+            return
         made.append(int(column[0]))
         text = tok.decode(made)
         if not text.endswith("\ufffd"):
@@ -226,7 +212,8 @@ def cmd_generate(args) -> int:
 
     gen = torch.Generator(device=device).manual_seed(args.seed)
     model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
-                   top_p=args.top_p, use_cache=not args.no_cache, generator=gen, callback=stream)
+                   top_p=args.top_p, use_cache=not args.no_cache, eot=tok.eot_id, generator=gen,
+                   callback=stream)
     sys.stdout.write(tok.decode(made)[shown:] + "\n")
     return 0
 
@@ -235,9 +222,10 @@ def cmd_export(args) -> int:
     import shutil
     from pathlib import Path
 
-    from scratchllm.model.hf import to_hf
+    from scratchllm.model.hf import require_transformers, to_hf
     from scratchllm.train.checkpoint import load_run, run_tokenizer
 
+    require_transformers()  # before any work: it is an optional dependency
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise UserError(f"{out} exists and is not an earlier export; pick another --out")

@@ -103,11 +103,7 @@ class Config:
         """The model preset `name` with training settings that suit it."""
         if name not in TRAIN_PRESETS:
             raise UserError(f"unknown preset {name!r}; choose one of {', '.join(TRAIN_PRESETS)}")
-        try:
-            model = GPTConfig.preset(name)
-        except (KeyError, ValueError) as e:
-            raise UserError(f"unknown preset {name!r}: {e}") from None
-        return cls(model=model, train=TrainConfig(**TRAIN_PRESETS[name]))
+        return cls(model=GPTConfig.preset(name), train=TrainConfig(**TRAIN_PRESETS[name]))
 
     def to_dict(self) -> dict:
         """{'model': {...}, 'train': {...}} of plain values."""
@@ -141,14 +137,17 @@ class Config:
             model, train = (target, train) if section == "model" else (model, target)
         return Config(model=model, train=train, explicit=frozenset(explicit))
 
-    def apply_sets(self, sets: list[str]) -> Config:
-        """Apply `--set section.key=value` strings."""
+    def apply_sets(self, sets: list[str], sections: tuple[str, ...] = ("model", "train")) -> Config:
+        """Apply `--set section.key=value` strings (only keys of `sections` are accepted)."""
         values: dict[str, dict] = {}
         for item in sets:
             key, eq, text = item.partition("=")
             section, dot, name = key.strip().partition(".")
             if not eq or not dot or not name:
                 raise UserError(f"--set {item!r}: expected KEY=VALUE with KEY like train.lr or model.n_layer")
+            if section in ("model", "train") and section not in sections:
+                allowed = " and ".join(f"{s}.*" for s in sections)
+                raise UserError(f"--set {item!r}: only {allowed} keys apply here")
             text = text.strip()
             target = {"model": self.model, "train": self.train}.get(section)
             is_str = target is not None and _field_types(target).get(name) is str

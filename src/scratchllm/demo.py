@@ -2,7 +2,8 @@
 
 1. data: download the corpus into shards, learn a 4,096-token BPE on the training plays, write
    train.bin and val.bin (validation = the last three plays, whole);
-2. attention: the model's fused attention is checked against the step-by-step version;
+2. attention: the library's `MultiHeadAttention` is run both ways, its explicit path (scores,
+   causal mask, softmax, weighted sum) against the fused `scaled_dot_product_attention` path;
 3. architecture: the `tiny` GPT (4 layers, 256 wide, context 256);
 4. training: bfloat16 on the CPU for a time budget, with a schedule sized to fit it; then
    evaluation, a text sample and the loss curve.

@@ -76,6 +76,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Make renames inside the folder `path` durable (a no-op on Windows)."""
+    _fsync_dir(Path(path))
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""

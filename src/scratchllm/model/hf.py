@@ -17,6 +17,15 @@ from scratchllm.util import UserError
 _TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
+def require_transformers():
+    """The `transformers` module, or a UserError saying how to install it (it is an optional extra)."""
+    try:
+        import transformers
+    except ModuleNotFoundError:
+        raise UserError("this needs the transformers package: pip install 'scratchllm[hf]'") from None
+    return transformers
+
+
 def _check_gpt2(config: GPTConfig) -> None:
     wanted = {"pos": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False}
     wrong = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
@@ -27,7 +36,8 @@ def _check_gpt2(config: GPTConfig) -> None:
 
 def to_hf(model: GPT, eos_token_id: int | None = None):
     """A `transformers.GPT2LMHeadModel` computing the same logits as model (which is left unchanged)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    transformers = require_transformers()
+    GPT2Config, GPT2LMHeadModel = transformers.GPT2Config, transformers.GPT2LMHeadModel
 
     c = model.config
     _check_gpt2(c)
@@ -55,7 +65,7 @@ def to_hf(model: GPT, eos_token_id: int | None = None):
 
 
 def from_hf(hf_model, pad_vocab_multiple: int = 1) -> GPT:
-    """Our GPT with the weights and shape of a `transformers.GPT2LMHeadModel` (e.g. from_pretrained(dir))."""
+    """Our GPT (in eval mode) with the weights and shape of a `transformers.GPT2LMHeadModel`."""
     hc = hf_model.config
     if getattr(hc, "model_type", None) != "gpt2":
         kind = getattr(hc, "model_type", type(hf_model).__name__)
@@ -92,4 +102,4 @@ def from_hf(hf_model, pad_vocab_multiple: int = 1) -> GPT:
                 p[config.vocab_size:].zero_()  # padding rows: never read by the logits we return
             else:
                 p.copy_(src)
-    return model
+    return model.eval()  # as to_hf: dropout off until the caller asks for training

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scratchllm.util import UserError
+from scratchllm.util import UserError, fsync_dir
 
 MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "state.json"
 
@@ -83,9 +83,11 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, model: torch.nn.Module, opt
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step}"
+    # Only one process saves into a run, so any temporary folder here was left by a killed save
+    # (its name holds that process's id, never ours again): remove them, or they pile up.
+    for stale in ckpt_dir.glob(".tmp_step_*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = ckpt_dir / f".tmp_step_{step}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         save_model(model, str(tmp / MODEL_FILE))  # handles tied (shared) weights
@@ -101,6 +103,7 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, model: torch.nn.Module, opt
         if final.exists():  # the same step saved again (e.g. at the end after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_dir(ckpt_dir)  # the rename itself must reach the disk before the save counts as done
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

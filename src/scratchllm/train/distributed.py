@@ -32,20 +32,22 @@ class Dist:
         """Rank 0 alone logs, evaluates to disk and saves checkpoints."""
         return self.rank == 0
 
-    def mean(self, t: torch.Tensor) -> torch.Tensor:
-        """Average a tensor over ranks (in place and returned)."""
-        if self.enabled:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-            t /= self.world_size
-        return t
-
-    def any(self, flag: bool, device) -> bool:
-        """True on every rank if it is True on any rank (so all ranks stop at the same step)."""
+    def mean_and_flags(self, t: torch.Tensor, flags: list[bool]) -> tuple[float, list[bool]]:
+        """The mean of scalar `t` over ranks, and each flag set on any rank, in one collective."""
         if not self.enabled:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+            return t.item(), list(flags)
+        both = torch.cat([t.float().reshape(1), torch.tensor([float(f) for f in flags], device=t.device)])
+        dist.all_reduce(both, op=dist.ReduceOp.SUM)
+        values = both.tolist()
+        return values[0] / self.world_size, [v > 0 for v in values[1:]]
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every rank (for decisions all ranks must share)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def gather(self, obj) -> list:
         """Every rank's `obj`, in rank order."""

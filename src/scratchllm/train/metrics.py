@@ -14,6 +14,13 @@ def bits_per_byte(loss: float, tokens: int, n_bytes: int) -> float:
     return loss / math.log(2) * tokens / n_bytes
 
 
+def split_bits_per_byte(loss: float, split: dict) -> float | None:
+    """Bits per byte of a split described by meta.json ({"tokens", "bytes"}), None without byte counts."""
+    if not split or not split.get("bytes") or not split.get("tokens"):
+        return None
+    return bits_per_byte(loss, split["tokens"], split["bytes"])
+
+
 class MetricsLog:
     """Appends lines to `metrics.jsonl`; keeps everything in memory for the plot."""
 
@@ -27,9 +34,14 @@ class MetricsLog:
                 except ValueError:  # a line cut off by a kill: it is rewritten after the resume
                     break
 
-    def truncate_after(self, step: int) -> None:
-        """Forget lines after `step` (a resume replays those steps and writes them again)."""
-        self.rows = [r for r in self.rows if r.get("step", 0) <= step]
+    def truncate_after(self, step: int, scheduled_eval=lambda s: True) -> None:
+        """Forget lines after `step` (a resume replays those steps and writes them again).
+
+        An evaluation at `step` itself is kept only if `scheduled_eval(step)`: one made because a run
+        stopped early (time budget) is not in the uninterrupted run's log, so a resume drops it.
+        """
+        self.rows = [r for r in self.rows if r.get("step", 0) < step or (
+            r.get("step", 0) == step and ("val_loss" not in r or scheduled_eval(step)))]
         text = "".join(json.dumps(r) + "\n" for r in self.rows)
         atomic_write_bytes(self.path, text.encode())
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import random
+import re
 import signal
 import sys
 import time
@@ -25,12 +26,34 @@ from scratchllm.config import Config, TrainConfig
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.distributed import Dist, setup, teardown
 from scratchllm.train.loader import TokenLoader, eval_batches
-from scratchllm.train.metrics import MetricsLog, bits_per_byte
+from scratchllm.train.metrics import MetricsLog, split_bits_per_byte
 from scratchllm.util import UserError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Dense bf16 peak of GPUs, for MFU in the progress bar (CPUs: measure it, see benchmarks/).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12}
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12,
+              "4090": 165e12}
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU named like 'NVIDIA L40S', matched word by word (an L40S is no L4)."""
+    words = set(re.split(r"[\s\-_]+", device_name.upper()))
+    return next((v for k, v in PEAK_FLOPS.items() if k in words), None)
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """None if torch.compile can build and run a small graph with its backward on `device`, else why not.
+
+    Compilation needs a working backend (a C++ compiler on CPUs, Triton on CUDA), which a laptop or
+    Windows machine may lack; it fails only at the first call, so try one tiny call (no RNG used).
+    """
+    try:
+        a = torch.ones(4, 8, device=device, requires_grad=True)
+        b = torch.ones(8, 8, device=device, requires_grad=True)
+        torch.compile(lambda a, b: torch.nn.functional.gelu(a @ b).sum())(a, b).backward()
+    except Exception as e:  # any failure at all means: train eagerly
+        first = (str(e).strip().splitlines() or [""])[0]
+        return f"{type(e).__name__}: {first}"[:300]
+    return None
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -61,7 +84,7 @@ def autocast(device: torch.device, dtype: str):
     """Mixed precision context for the forward pass (a no-op in float32)."""
     if dtype == "float32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[dtype])
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))  # a name from config.DTYPES
 
 
 def open_data(data_dir: str | Path, cfg: Config) -> tuple[dict, np.ndarray, np.ndarray, Config]:
@@ -128,6 +151,35 @@ def sample_text(model, tokenizer, n_tokens: int, device, seed: int) -> str | Non
     return tokenizer.decode(out[0, 1:].tolist())
 
 
+def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist, warn) -> tuple[Path, dict] | None:
+    """The checkpoint every rank continues from: rank 0 chooses, so ranks on machines without a shared
+    filesystem cannot each pick their own newest; every rank then checks its copy of that one."""
+    choice = (bool(ckpt.list_checkpoints(ckpt_dir)), None)
+    found = None
+    if dist.main and resume:
+        found = ckpt.latest_checkpoint(ckpt_dir, warn=warn)
+        choice = (choice[0], found[0].name if found else None)
+    exists, name = dist.broadcast(choice)
+    if exists and not resume:
+        raise UserError(f"{ckpt_dir.parent} already holds checkpoints: add --resume to continue it, "
+                        "or pick another --out")
+    if name is None:
+        if resume:
+            warn(f"note: no checkpoint in {ckpt_dir} to resume from; starting from step 0")
+        return None
+    problem = None
+    if found is None:
+        try:
+            found = ckpt_dir / name, ckpt.verify(ckpt_dir / name)
+        except ValueError as e:
+            problem = f"rank {dist.rank}: {e}"
+    problems = [p for p in dist.gather(problem) if p]  # every rank raises, none waits forever
+    if problems:
+        raise UserError(f"{ckpt_dir / name}, chosen by rank 0, is not usable on every rank ({problems[0]}); "
+                        "all ranks must see the same checkpoint folder (a shared filesystem)")
+    return found
+
+
 class _StopSignals:
     """SIGINT/SIGTERM only set a flag: the current step finishes, a checkpoint is saved, exit 0."""
 
@@ -170,12 +222,7 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
     say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if dist.main and not quiet else (lambda msg: None)
     warn = (lambda msg: print(msg, file=sys.stderr)) if dist.main else (lambda msg: None)
     ckpt_dir = out / "ckpt"
-    found = ckpt.latest_checkpoint(ckpt_dir, warn=warn) if resume else None
-    if not resume and ckpt.list_checkpoints(ckpt_dir):
-        raise UserError(f"{out} already holds checkpoints: add --resume to continue it, "
-                        "or pick another --out")
-    if resume and found is None and dist.main:
-        warn(f"note: no checkpoint in {ckpt_dir} to resume from; starting from step 0")
+    found = _resume_point(ckpt_dir, resume, dist, warn)
     meta, train_tokens, val_tokens, cfg = open_data(data_dir, cfg)
     tc, T = cfg.train, cfg.model.block_size
     cfg = replace(cfg, train=replace(tc, data=str(data_dir.resolve())))
@@ -199,7 +246,8 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
         path, state = found
         ckpt.load_model_weights(model, path, device)
         ckpt.load_optimizer(optimizer, path)
-        scaler.load_state_dict(state.get("scaler", {}))
+        if state.get("scaler"):  # empty when saved without float16: a fresh scaler starts then
+            scaler.load_state_dict(state["scaler"])
         loader.load_state_dict(state["loader"])
         rngs = state.get("rng_ranks") or [state["rng"]]
         ckpt.set_rng_state(rngs[dist.rank] if len(rngs) == dist.world_size else state["rng"])
@@ -207,29 +255,42 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
         best_ckpt = ckpt_dir / state["best_ckpt"] if state.get("best_ckpt") else None
         say(f"resuming from {path} (step {step})")
     if dist.main:
-        metrics.truncate_after(step if found is not None else -1)
+        # An evaluation made at an off-schedule step because the run stopped there is dropped, so
+        # the log continues exactly as the uninterrupted run's.
+        metrics.truncate_after(step if found is not None else -1,
+                               scheduled_eval=lambda s: s % tc.eval_every == 0 or s >= tc.max_steps)
         cfg.save(out / "config.toml")
 
-    fwd = torch.compile(model) if tc.compile else model
+    compiled = tc.compile
+    if compiled:
+        problems = [p for p in dist.gather(compile_problem(device)) if p]  # all ranks compile, or none
+        compiled = not problems
+        if problems:
+            warn(f"warning: torch.compile does not work here ({problems[0]}); training without it")
+    ddp = None
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
-    eval_model = fwd.module if dist.enabled else fwd
+        ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Compiling the DDP wrapper (not DDP around a compiled model) lets dynamo split the graph at
+    # DDP's buckets, so gradient all-reduces overlap with the backward pass.
+    fwd = ddp if ddp is not None else model
+    fwd = torch.compile(fwd) if compiled else fwd
+    eval_model = model if dist.enabled else fwd  # evaluation needs no gradient sync
     tokenizer = load_tokenizer(data_dir) if dist.main else None
     if tokenizer is not None and found is None:
         tokenizer.save(out / "tokenizer")  # the run folder is then enough for generate and export
     tokens_per_step = tc.batch_size * T * tc.grad_accum * dist.world_size
-    val_bytes = meta.get("val", {})
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in torch.cuda.get_device_name(device)), None) \
-        if device.type == "cuda" else None
+    val_split = meta.get("val", {})
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
     def do_eval() -> float:
         val_loss = evaluate(eval_model, val_tokens, tc, T, device, dist)
         if dist.main:
             row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
-            if val_bytes.get("bytes"):
-                row["val_bpb"] = bits_per_byte(val_loss, val_bytes["tokens"], val_bytes["bytes"])
+            bpb = split_bits_per_byte(val_loss, val_split)
+            if bpb is not None:
+                row["val_bpb"] = bpb
             metrics.log(**row)
             text = sample_text(model, tokenizer, tc.sample_tokens, device, tc.seed)
             if text is not None:
@@ -262,17 +323,18 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
     last_eval, last_save = step, (step if found is not None else -1)
     t_start = t_log = time.perf_counter()
     step_log = step
-    reason = None
+    reason, by_signal, by_time, signal_stop = None, False, False, False
     with _StopSignals() as signals:
         while True:
             if step >= tc.max_steps:
                 reason = f"reached max_steps {tc.max_steps}"
             elif tc.max_tokens and step * tokens_per_step >= tc.max_tokens:
                 reason = f"reached the token budget {tc.max_tokens:,}"
-            over_time = bool(tc.max_minutes) and time.perf_counter() - t_start >= tc.max_minutes * 60
-            if reason is None and dist.any(over_time or signals.received is not None, device):
-                reason = f"received {signals.received}" if signals.received else \
-                    f"reached the time budget of {tc.max_minutes:g} minutes"
+            elif by_signal:
+                signal_stop = True
+                reason = f"received {signals.received or 'a stop signal (on another rank)'}"
+            elif by_time:
+                reason = f"reached the time budget of {tc.max_minutes:g} minutes"
             if reason:
                 break
 
@@ -289,7 +351,7 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
                     x, y = x.to(device), y.to(device)
                 # DDP averages gradients only on the last micro-batch; the others just accumulate.
                 sync = not dist.enabled or micro == tc.grad_accum - 1
-                with (contextlib.nullcontext() if sync else fwd.no_sync()), autocast(device, tc.dtype):
+                with (contextlib.nullcontext() if sync else ddp.no_sync()), autocast(device, tc.dtype):
                     _, loss = fwd(x, y)
                     loss = loss / tc.grad_accum
                 scaler.scale(loss).backward()
@@ -303,8 +365,13 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
             step += 1
             bar.update(1)
 
+            over_time = bool(tc.max_minutes) and time.perf_counter() - t_start >= tc.max_minutes * 60
+            stops = [signals.received is not None, over_time]
             if step % tc.log_every == 0 or step == tc.max_steps:
-                loss_value = dist.mean(loss_sum).item()  # the one sync per log point
+                # The one sync per log point. Under DDP the ranks also agree here on stopping (all
+                # must stop at the same step); a collective every step would stall the GPU.
+                loss_value, stops = dist.mean_and_flags(loss_sum, stops)
+                by_signal, by_time = stops
                 now = time.perf_counter()
                 tok_s = (step - step_log) * tokens_per_step / max(now - t_log, 1e-9)
                 t_log, step_log = now, step
@@ -315,6 +382,8 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
                     if peak:
                         post["mfu"] = f"{100 * model.estimate_mfu(tok_s / dist.world_size, peak):.1f}%"
                     bar.set_postfix(post, refresh=False)
+            elif not dist.enabled:
+                by_signal, by_time = stops
             val_loss = None
             if step % tc.eval_every == 0:
                 val_loss, last_eval = do_eval(), step
@@ -324,7 +393,7 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
 
     bar.close()
     say(f"stopping: {reason}")
-    if last_eval != step:
+    if last_eval != step and not signal_stop:  # a signal asks for a quick exit: the checkpoint only
         val_loss = do_eval()
     if last_save != step:
         do_save(val_loss)
@@ -332,6 +401,7 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
     summary = {"run": str(out), "step": step, "tokens": step * tokens_per_step, "val_loss": val_loss,
                "stop_reason": reason, "minutes": (time.perf_counter() - t_start) / 60,
                "params": model.num_params()}
-    if val_loss is not None and val_bytes.get("bytes"):
-        summary["val_bpb"] = bits_per_byte(val_loss, val_bytes["tokens"], val_bytes["bytes"])
+    bpb = split_bits_per_byte(val_loss, val_split) if val_loss is not None else None
+    if bpb is not None:
+        summary["val_bpb"] = bpb
     return summary
