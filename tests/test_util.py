@@ -119,3 +119,10 @@ def test_pip_fetch_refuses_another_file(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="gave pkg-1.1.tar.gz, not pkg-1.0.tar.gz"):
         pip_fetch("pkg==1.0", tmp_path, "pkg-1.0.tar.gz", GOOD_SHA)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_line_folds_white_space_and_names_empty_errors():
+    from scratchllm.util import one_line
+
+    assert one_line(ValueError("bad\n  value\tthere ")) == "bad value there"
+    assert one_line(KeyError()) == "KeyError"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scratchllm.util import UserError
+from scratchllm.util import UserError, one_line
 
 
 def _not_built(name: str):
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a full disk, a read-only folder, a file where a folder should be
         if args.debug:
             raise
-        print(f"scratchllm: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"scratchllm: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.debug:

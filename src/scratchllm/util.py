@@ -18,6 +18,11 @@ class UserError(Exception):
     """A problem the user can fix (bad flag, missing file, no network); the CLI prints it as one line."""
 
 
+def one_line(e: BaseException) -> str:
+    """An exception's message with every run of white space (newlines too) folded to one space."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 _UNITS = {
     "": 1,
     "B": 1,
@@ -65,8 +70,8 @@ def cache_dir() -> Path:
     return path
 
 
-def _fsync_dir(path: Path) -> None:
-    # A rename is only durable once the directory entry is on disk; Windows cannot open folders.
+def fsync_dir(path: str | Path) -> None:
+    """Make renames inside the folder `path` durable (a no-op on Windows, which cannot open folders)."""
     if os.name == "nt":
         return
     fd = os.open(path, os.O_RDONLY)
@@ -74,11 +79,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Make renames inside the folder `path` durable (a no-op on Windows)."""
-    _fsync_dir(Path(path))
 
 
 @contextmanager
@@ -91,7 +91,7 @@ def atomic_path(path: str | Path):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -171,5 +171,5 @@ def pip_fetch(requirement: str, dest_dir: str | Path, filename: str, sha256: str
         if digest != sha256:
             raise UserError(f"{filename} from pip has sha256 {digest}, expected {sha256}; not caching it")
         os.replace(got, path)  # same file system, so the cache holds the whole checked file or nothing
-        _fsync_dir(dest_dir)
+        fsync_dir(dest_dir)
     return path

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from scratchllm.data.sources import Document, Source
-from scratchllm.util import UserError, atomic_path, atomic_write_json, format_size, sha256_file
+from scratchllm.util import UserError, atomic_path, atomic_write_json, format_size, one_line, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -74,7 +74,7 @@ def read_shard(folder: str | Path, entry: dict, columns: list[str] | None = None
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:
-        raise UserError(f"cannot read {path}: {' '.join(str(e).split())}") from e
+        raise UserError(f"cannot read {path}: {one_line(e)}") from e
     if pf.metadata.num_rows != entry["docs"]:
         raise UserError(f"{path} holds {pf.metadata.num_rows} documents, {MANIFEST} says {entry['docs']}")
     index = entry["first_doc"]

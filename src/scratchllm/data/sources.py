@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from scratchllm.util import UserError, cache_dir, pip_fetch
+from scratchllm.util import UserError, cache_dir, one_line, pip_fetch
 
 
 @dataclass
@@ -146,7 +146,7 @@ class DatasetsSource(Source):
 
     def wrap_error(self, e: Exception) -> UserError:
         """Turn a failure of the underlying reader into a one-line user error."""
-        msg = " ".join(str(e).split()) or type(e).__name__
+        msg = one_line(e)
         return UserError(f"reading {self.spec} failed: {msg}")
 
     def documents(self, start: int = 0, state: dict | None = None) -> Iterator[Document]:
@@ -248,7 +248,7 @@ class LocalSource(DatasetsSource):
 
     def wrap_error(self, e: Exception) -> UserError:
         """Name the files and the reader's complaint in one line."""
-        msg = " ".join(str(e).split()) or type(e).__name__
+        msg = one_line(e)
         return UserError(f"cannot read {self.kind} files of {self.spec}: {msg}")
 
 
@@ -318,7 +318,7 @@ class HubSource(DatasetsSource):
 
     def wrap_error(self, e: Exception) -> UserError:
         """Offline, missing, gated: say which, and what to do."""
-        msg = " ".join(str(e).split()) or type(e).__name__
+        msg = one_line(e)
         low = msg.lower()
         if isinstance(e, ConnectionError) or "offline" in low or "connection" in low:
             return UserError(f"cannot reach the Hugging Face hub for {self.spec} ({type(e).__name__}): "

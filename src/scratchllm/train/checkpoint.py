@@ -10,7 +10,6 @@ none. A checkpoint whose files do not match `state.json` is skipped with a warni
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import random
@@ -21,17 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scratchllm.util import UserError, fsync_dir
+from scratchllm.util import UserError, fsync_dir, sha256_file
 
 MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "state.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -96,7 +87,8 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, model: torch.nn.Module, opt
             torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
             files.append(OPTIM_FILE)
         meta = {"step": step, **(state or {}), "rng": rng_state(),
-                "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in files}}
+                "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)}
+                          for f in files}}
         (tmp / STATE_FILE).write_text(json.dumps(meta), encoding="utf-8")
         for f in [*files, STATE_FILE]:
             _fsync(tmp / f)
@@ -143,7 +135,7 @@ def verify(path: Path) -> dict:
             raise ValueError(f"{name} is missing")
         if f.stat().st_size != info["bytes"]:
             raise ValueError(f"{name} has {f.stat().st_size} bytes, expected {info['bytes']}")
-        if _sha256(f) != info["sha256"]:
+        if sha256_file(f) != info["sha256"]:
             raise ValueError(f"{name} does not match its SHA-256")
     return state
 
