@@ -20,12 +20,14 @@ generation without a cache.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchllm.model.decode import SplitRowProducts
 from scratchllm.util import UserError
 
 _CHOICES = {"norm": ("layernorm", "rmsnorm"), "pos": ("learned", "sinusoidal", "rope"),
@@ -331,32 +333,36 @@ class GPT(nn.Module):
         """
         was_training = self.training
         self.eval()  # dropout off: generation must be a function of the weights only
+        # One-row products (each cached step, and the head) are matrix-vector products; on the CPU
+        # decode.py spreads them over all cores.
+        fast_steps = SplitRowProducts() if idx.device.type == "cpu" else nullcontext()
         try:
-            block = self.config.block_size
-            caches = None
-            done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-            for _ in range(max_new_tokens):
-                if not use_cache:
-                    x = self._hidden(idx[:, -block:])
-                elif caches is None or caches[0].pos >= block:
-                    # Empty, or full: (re)build the cache from the window of the last `block` tokens.
-                    caches = caches or [LayerCache(block) for _ in range(self.config.n_layer)]
-                    for cache in caches:
-                        cache.pos = 0
-                    x = self._hidden(idx[:, -block:], caches)
-                else:
-                    x = self._hidden(idx[:, -1:], caches)
-                logits = self._logits(x[:, -1, :]).float()
-                nxt = sample(logits, temperature, top_k, top_p, generator)
-                if eot is not None:
-                    nxt = torch.where(done, torch.full_like(nxt, eot), nxt)
-                    done |= nxt == eot
-                idx = torch.cat([idx, nxt[:, None]], dim=1)
-                if callback is not None:
-                    callback(nxt)
-                if eot is not None and bool(done.all()):
-                    break
-            return idx
+            with fast_steps:
+                block = self.config.block_size
+                caches = None
+                done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+                for _ in range(max_new_tokens):
+                    if not use_cache:
+                        x = self._hidden(idx[:, -block:])
+                    elif caches is None or caches[0].pos >= block:
+                        # Empty, or full: (re)build the cache from the window of the last `block` tokens.
+                        caches = caches or [LayerCache(block) for _ in range(self.config.n_layer)]
+                        for cache in caches:
+                            cache.pos = 0
+                        x = self._hidden(idx[:, -block:], caches)
+                    else:
+                        x = self._hidden(idx[:, -1:], caches)
+                    logits = self._logits(x[:, -1, :]).float()
+                    nxt = sample(logits, temperature, top_k, top_p, generator)
+                    if eot is not None:
+                        nxt = torch.where(done, torch.full_like(nxt, eot), nxt)
+                        done |= nxt == eot
+                    idx = torch.cat([idx, nxt[:, None]], dim=1)
+                    if callback is not None:
+                        callback(nxt)
+                    if eot is not None and bool(done.all()):
+                        break
+                return idx
         finally:
             self.train(was_training)
 
