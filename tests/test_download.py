@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scratchllm.data.download import MANIFEST, download, iter_downloaded, read_manifest
+from scratchllm.data.estimate import estimate
 from scratchllm.data.sources import open_source
 from scratchllm.util import UserError
 
@@ -242,6 +243,97 @@ def test_keep_columns(corpus, tmp_path):
         download(open_source(spec), 50_000, tmp_path / "k2", min_free=0, keep_columns=["score"],
                  progress=False, log=_quiet)
     assert not (tmp_path / "k2").exists()
+
+
+def test_keep_columns_have_the_source_type_in_every_shard(tmp_path):
+    # A float column that is null for the first 300 documents: inferred shard by shard, the first
+    # shards would get the null type and the later ones double, and the folder could not be read as one.
+    texts = [f"doc {i} " + "word " * 20 for i in range(600)]
+    score = pa.array([None] * 300 + [i / 7 for i in range(300, 600)], pa.float64())
+    (tmp_path / "src").mkdir()
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(600)], "text": texts, "score": score}),
+                   tmp_path / "src" / "c.parquet")
+    out = tmp_path / "out"
+    download(open_source(f"parquet:{tmp_path}/src"), 10**9, out, shard_size=5000, min_free=0,
+             keep_columns=["score"], progress=False, log=_quiet)
+    m = _check_folder(out)
+    assert len(m["shards"]) > 5
+    types = {pq.read_schema(out / e["file"]).field("score").type for e in m["shards"]}
+    assert types == {pa.float64()}
+    assert [d.extra["score"] for d in iter_downloaded(out)] == score.to_pylist()
+    assert estimate(open_source(f"parquet:{out}"), 10_000).source_total_docs == 600
+
+
+def _small_download(spec, out, **kw):
+    """About 5 shards of the corpus, quietly."""
+    return download(open_source(spec), 50_000, out, shard_size=10_000, min_free=0, progress=False,
+                    log=kw.pop("log", _quiet), **kw)
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete"])
+def test_damaged_shard_is_refused_when_read_and_downloaded_again(corpus, tmp_path, damage):
+    spec, texts = corpus
+    out = tmp_path / "out"
+    _small_download(spec, out)
+    ref = _shards(out)
+    assert len(ref) >= 4
+    shard = out / "shard_000001.parquet"
+    if damage == "flip":
+        data = bytearray(shard.read_bytes())
+        mid = len(data) // 2
+        data[mid : mid + 16] = bytes(b ^ 0xFF for b in data[mid : mid + 16])  # same size, other bytes
+        shard.write_bytes(bytes(data))
+    else:
+        shard.unlink()
+    with pytest.raises(UserError, match="shard_000001.parquet") as e:
+        list(iter_downloaded(out))
+    assert "\n" not in str(e.value) and "re-run" in str(e.value)
+
+    logs = []
+    m = _small_download(spec, out, log=logs.append)
+    assert not any("nothing to do" in line for line in logs), logs
+    assert any("shard_000001.parquet" in line and "again" in line for line in logs), logs
+    assert m["complete"] and _check_folder(out)["complete"]
+    assert _shards(out) == ref
+    docs = list(iter_downloaded(out))
+    assert [d.text for d in docs] == texts[: len(docs)]
+
+
+def test_damaged_shard_of_an_unfinished_download_resumes_exactly(corpus, tmp_path):
+    # Stopped twice: once before the damage is found, once while refilling after it, so the run
+    # that finishes resumes from a stream state saved by the refill.
+    spec, _ = corpus
+    kw = dict(shard_size=20_000, progress=False, log=_quiet)
+    download(open_source(spec), 300_000, tmp_path / "ref", min_free=0, **kw)
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="disk guard"):
+        download(open_source(spec), 300_000, out, min_free=1, free_space=_trips_after(9), **kw)
+    assert len(read_manifest(out)["shards"]) == 8
+    (out / "shard_000002.parquet").write_bytes(b"x" * (out / "shard_000002.parquet").stat().st_size)
+    with pytest.raises(UserError, match="disk guard"):
+        download(open_source(spec), 300_000, out, min_free=1, free_space=_trips_after(5), **kw)
+    assert len(_check_folder(out)["shards"]) == 6  # shards 2 on written again, the old 6 and 7 removed
+    download(open_source(spec), 300_000, out, min_free=0, **kw)
+    assert _check_folder(out)["complete"]
+    assert _shards(out) == _shards(tmp_path / "ref")
+
+
+def test_reading_an_unfinished_download_says_so(corpus, tmp_path, capsys):
+    spec, texts = corpus
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="disk guard"):
+        _small_download(spec, out, free_space=_trips_after(3))
+    m = read_manifest(out)
+    assert not m["complete"] and len(m["shards"]) == 2
+    capsys.readouterr()
+    docs = list(iter_downloaded(out))
+    assert [d.text for d in docs] == texts[: m["docs"]]
+    note = f"note: {out} is an unfinished download ({m['docs']:,} documents so far); using what is there\n"
+    assert capsys.readouterr().err == note
+
+    _small_download(spec, out)
+    list(iter_downloaded(out))
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("args", [

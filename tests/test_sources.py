@@ -106,6 +106,22 @@ def test_stream_resumes_from_state_and_from_index(tmp_path):
     assert [(d.index, d.id, d.text) for d in src.documents(start=71)] == full[71:]
 
 
+def test_state_saved_after_starting_from_an_index_resumes(tmp_path):
+    # Started at an index without a state, then stopped across batch boundaries: the state saved
+    # must load into a fresh stream.
+    for name in ("x", "y"):
+        _write_parquet(tmp_path / f"{name}.parquet", [f"{name}{i}" for i in range(300)],
+                       [f"{name} {i}" for i in range(300)])
+    src = open_source(f"parquet:{tmp_path}/*.parquet")
+    full = [(d.index, d.id, d.text) for d in src]
+    it = src.documents(start=200)
+    got = [(d.index, d.id, d.text) for _, d in zip(range(250), it, strict=False)]
+    assert got == full[200:450]
+    state = json.loads(json.dumps(src.position()))
+    it.close()
+    assert [(d.index, d.id, d.text) for d in open_source(src.spec).documents(450, state)] == full[450:]
+
+
 def test_jsonl_and_text_sources(tmp_path):
     rows = [{"text": f"line {i} ünïcode", "score": i / 10} for i in range(12)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -132,6 +148,21 @@ def test_bad_specs(tmp_path):
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(UserError, match="cannot read parquet"):
         list(open_source(f"parquet:{tmp_path}/broken.parquet"))
+
+
+@pytest.mark.parametrize("kind,content", [
+    ("parquet", b"not parquet at all\n"),
+    ("jsonl", b"".join(b'{"text": "fine %d"}\n' % i for i in range(300)) + b'{bad json\n'),
+])
+def test_unreadable_local_files_give_one_error_line(tmp_path, run_cli, kind, content):
+    # The datasets library logs its own line about the same failure; only ours may reach the user.
+    (tmp_path / f"bad.{kind}").write_bytes(content)
+    out = run_cli("download", "--source", f"{kind}:{tmp_path}/bad.{kind}", "--out", tmp_path / "raw",
+                  "--target", "1MB", "--min-free", "0", "--quiet")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"scratchllm: error: cannot read {kind} files")
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert not (tmp_path / "raw").exists()
 
 
 def test_hub_fails_fast_offline():

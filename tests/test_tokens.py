@@ -31,6 +31,14 @@ def test_write_matches_llmc_layout(tmp_path):
     assert np.frombuffer(raw[HEADER_BYTES:], "<u4").tolist() == [3, 70000]
 
 
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint16, np.int32, np.int64])
+def test_write_picks_uint16_by_largest_id_whatever_the_input_dtype(tmp_path, dtype):
+    write_tokens(tmp_path / "s.bin", np.array([1, 65535, 9], dtype=dtype))
+    assert struct.unpack("<3i", (tmp_path / "s.bin").read_bytes()[:12]) == (20240520, 1, 3)
+    t = read_tokens(tmp_path / "s.bin")
+    assert t.dtype == np.uint16 and t.tolist() == [1, 65535, 9]
+
+
 def test_reads_hand_made_llmc_files(tmp_path):
     ids = np.random.default_rng(0).integers(0, 50257, 1000)
     t = read_tokens(llmc_file(tmp_path / "gpt2.bin", ids), vocab_size=50257)

@@ -33,6 +33,10 @@ from scratchllm.util import (
     ("2 mib", 2 * 2**20),
     (" 7B ", 7),
     (".5KB", 500),
+    # Exact decimal arithmetic: in binary floating point 1.005 * 1000 is 1004.999...
+    ("1.005KB", 1005),
+    ("0.1GB", 100_000_000),
+    ("2.675MB", 2_675_000),
     (4096, 4096),
 ])
 def test_parse_size(text, expected):

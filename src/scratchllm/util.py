@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 
 
@@ -50,7 +51,8 @@ def parse_size(text: str | int) -> int:
             f"bad size {text!r}: use a number with an optional unit "
             "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 500MB or 1.5GiB"
         )
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    # Decimal, not float: in binary floating point '1.005KB' would come out as 1004 bytes.
+    return int(Decimal(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def format_size(n: float) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,13 +65,32 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
+_REFETCH = "re-run the same `scratchllm download` command, which downloads it again"
+
+
+def shard_damage(path: Path, entry: dict) -> str | None:
+    """Why the file at `path` is not the shard its manifest entry describes (size, sha256); None if it is."""
+    if not path.is_file():
+        return f"is listed in {MANIFEST} but missing"
+    size = path.stat().st_size
+    # Manifests list both for every shard; a hand-made entry without them is taken on trust.
+    if "file_bytes" in entry and size != entry["file_bytes"]:
+        return f"is damaged: {size:,} bytes where {MANIFEST} says {entry['file_bytes']:,}"
+    if "sha256" in entry and sha256_file(path) != entry["sha256"]:
+        return f"is damaged: its sha256 differs from the one in {MANIFEST}"
+    return None
+
+
 def read_shard(folder: str | Path, entry: dict, columns: list[str] | None = None) -> Iterator[Document]:
-    """The documents of one manifest shard entry, with their source-order indices."""
+    """The documents of one manifest shard entry, with source-order indices, once its size and hash match."""
     import pyarrow.parquet as pq
 
     path = Path(folder) / entry["file"]
-    if not path.is_file():
-        raise UserError(f"{path} is listed in {MANIFEST} but missing: the download folder is damaged")
+    why = shard_damage(path, entry)
+    if why:
+        # Parquet's own checks miss much of what a flipped byte does: text would change unnoticed.
+        fix = ("delete it and " if path.is_file() else "") + _REFETCH
+        raise UserError(f"{path} {why}; {fix}")
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:
@@ -88,21 +108,44 @@ def read_shard(folder: str | Path, entry: dict, columns: list[str] | None = None
 def iter_downloaded(folder: str | Path) -> Iterator[Document]:
     """Every document of a `download` output folder, shard by shard, in source order."""
     manifest = read_manifest(folder)
+    if not manifest.get("complete"):
+        print(f"note: {folder} is an unfinished download ({manifest.get('docs', 0):,} documents so far); "
+              "using what is there", file=sys.stderr)
     for entry in manifest["shards"]:
         yield from read_shard(folder, entry)
 
 
-def _write_shard(path: Path, docs: list[Document], keep_columns: list[str]) -> tuple[str, int]:
+def shard_schema(source: Source, keep_columns: list[str]):
+    """The one arrow schema of all shards: `id` and `text` strings, kept columns as the source types them."""
+    import pyarrow as pa
+
+    types = source.column_types()
+    # A column the source gives no type for is typed from the values of each shard.
+    return pa.schema([("id", pa.string()), ("text", pa.string())]
+                     + [(name, types[name]) for name in keep_columns if name in types])
+
+
+def _write_shard(path: Path, docs: list[Document], keep_columns: list[str], schema=None) -> tuple[str, int]:
     """Write docs as parquet atomically; return (sha256, file size) of what landed on disk."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = {"id": [d.id for d in docs], "text": [d.text for d in docs]}
-    for name in keep_columns:
-        columns[name] = [d.extra.get(name) for d in docs]
+    names = ["id", "text", *keep_columns]
+    values = [[d.id for d in docs], [d.text for d in docs]]
+    values += [[d.extra.get(name) for d in docs] for name in keep_columns]
+    arrays = []
+    for name, column in zip(names, values, strict=True):
+        # One type in every shard: inferred shard by shard, a column that is null at first would be
+        # typed null in the first shards and double later, and the folder could not be read as one table.
+        typ = schema.field(name).type if schema is not None and name in schema.names else None
+        try:
+            arrays.append(pa.array(column, type=typ))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            raise UserError(f"--keep-columns {name}: its values cannot be stored in parquet"
+                            f"{f' as {typ}' if typ is not None else ''}: {one_line(e)}") from e
     with atomic_path(path) as tmp:
         # zstd packs English text about 2.5-3x; every parquet reader (pyarrow, datasets, duckdb) knows it.
-        pq.write_table(pa.table(columns), tmp, compression="zstd")
+        pq.write_table(pa.Table.from_arrays(arrays, names=names), tmp, compression="zstd")
         digest, size = sha256_file(tmp), tmp.stat().st_size
     return digest, size
 
@@ -186,7 +229,7 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
     if bad:
         raise UserError(f"--keep-columns names extra columns; `id` and `text` are always kept (got {bad})")
 
-    manifest = _existing_manifest(out, source.spec, target_bytes, shard_size, keep_columns)
+    manifest = _existing_manifest(out, source.spec, target_bytes, shard_size, keep_columns, log)
     if manifest and manifest["complete"]:
         log(f"{out} already holds the complete download: {len(manifest['shards'])} shards, "
             f"{manifest['docs']:,} documents, {format_size(manifest['bytes'])}; nothing to do")
@@ -221,18 +264,25 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
             docs.close()
             raise UserError(f"--keep-columns {', '.join(missing)}: not in {source.spec} "
                             f"(its extra columns: {', '.join(first.extra) or 'none'})")
+    schema = shard_schema(source, keep_columns)
 
     out.mkdir(parents=True, exist_ok=True)
     with _Lock(out):
         for stale in out.glob(".*.tmp"):
             stale.unlink()  # a shard or manifest a killed run left half-written
         atomic_write_json(out / MANIFEST, manifest)
+        listed = {e["file"] for e in shards}
+        for old in out.glob("shard_*.parquet"):
+            if old.name not in listed:
+                # Cut off after a damaged shard, or written by a run killed before it could list it:
+                # left there, a reader of the folder's parquet files would take it for part of the download.
+                old.unlink()
         if shards:
             log(f"resuming {out}: {len(shards)} shards, {manifest['docs']:,} documents, "
                 f"{format_size(manifest['bytes'])} already saved; continuing at document {start:,}")
         try:
             _fill(source, docs, first, manifest, out, target_bytes, shard_size, min_free, keep_columns,
-                  progress, free_space)
+                  schema, progress, free_space)
         finally:
             docs.close()
     if manifest["exhausted"] and manifest["bytes"] < target_bytes:
@@ -243,9 +293,13 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
     return manifest
 
 
-def _existing_manifest(out: Path, spec: str, target_bytes: int, shard_size: int,
-                       keep_columns: list[str]) -> dict | None:
-    """The manifest to resume, None for a fresh folder; refuse a folder holding anything else."""
+def _existing_manifest(out: Path, spec: str, target_bytes: int, shard_size: int, keep_columns: list[str],
+                       log: Callable[[str], None] = print) -> dict | None:
+    """The manifest to resume, None for a fresh folder; refuse a folder holding anything else.
+
+    Every listed shard's size and sha256 are checked. From the first one missing or damaged on, the
+    shards are dropped (in memory: the manifest is rewritten under the lock) and downloaded again.
+    """
     if not out.exists():
         return None
     if not out.is_dir():
@@ -266,15 +320,29 @@ def _existing_manifest(out: Path, spec: str, target_bytes: int, shard_size: int,
     if list(m.get("keep_columns", [])) != keep_columns:
         raise UserError(f"{out} was downloaded with --keep-columns {','.join(m.get('keep_columns', []))!r}; "
                         "use the same columns to resume")
-    for entry in m["shards"]:
-        if not (out / entry["file"]).is_file():
-            raise UserError(f"{out / entry['file']} is listed in {MANIFEST} but missing: "
-                            "the download folder is damaged; start again in a new folder")
+    cut = why = None
+    for i, entry in enumerate(m["shards"]):
+        why = shard_damage(out / entry["file"], entry)
+        if why:
+            cut = i
+            break
+    if cut is None:
+        return m
+    kept = m["shards"][:cut]
+    start = kept[-1]["last_doc"] + 1 if kept else 0
+    after = len(m["shards"]) - cut - 1
+    also = f" and the {after} shards after it" if after else ""
+    log(f"note: {out / m['shards'][cut]['file']} {why}; downloading it{also} again, from document {start:,}")
+    # Shard boundaries depend only on the documents, so refilling from the cut ends with exactly the files
+    # an uninterrupted run writes. The stream state saved is that of the last shard, not of the cut:
+    # without it the source skips to the cut by reading from its start.
+    m.update(shards=kept, docs=sum(e["docs"] for e in kept), bytes=sum(e["bytes"] for e in kept),
+             complete=False, exhausted=False, stream_state=None)
     return m
 
 
-def _fill(source, docs, first, manifest, out, target_bytes, shard_size, min_free, keep_columns, progress,
-          free_space) -> None:
+def _fill(source, docs, first, manifest, out, target_bytes, shard_size, min_free, keep_columns, schema,
+          progress, free_space) -> None:
     """The main loop: gather documents into shards until the target, guarding the disk before each write."""
     shards = manifest["shards"]
     bar = None
@@ -299,7 +367,7 @@ def _fill(source, docs, first, manifest, out, target_bytes, shard_size, min_free
                 f"Free at least {format_size(need + min_free - free)} and rerun the same command to continue")
         entry = {"file": shard_name(len(shards)), "docs": len(buf), "bytes": buf_bytes,
                  "first_doc": buf[0].index, "last_doc": buf[-1].index}
-        entry["sha256"], entry["file_bytes"] = _write_shard(out / entry["file"], buf, keep_columns)
+        entry["sha256"], entry["file_bytes"] = _write_shard(out / entry["file"], buf, keep_columns, schema)
         shards.append(entry)
         # Only the newest shard's end is ever resumed from, so one stream state is kept, not one a shard.
         manifest["stream_state"] = source.position()

@@ -15,8 +15,10 @@ files go through the same `datasets` streaming code, so offline tests exercise t
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import glob
+import logging
 import os
 import socket
 import tarfile
@@ -53,6 +55,10 @@ class Source:
     def position(self) -> dict | None:
         """A JSON-able resume state just after the last document yielded, or None if not supported."""
         return None
+
+    def column_types(self) -> dict:
+        """Arrow types of the columns as the source declares them, once reading has begun; {} if none."""
+        return {}
 
     def __iter__(self) -> Iterator[Document]:
         return self.documents()
@@ -114,6 +120,24 @@ class ShakespeareSource(Source):
 # --- anything `datasets` can stream ---------------------------------------------------------------
 
 
+class _QuietDatasets:
+    """Within the block, the `datasets` library logs nothing below CRITICAL; its level is restored after."""
+
+    def __enter__(self):
+        # Its readers log an error line of their own before raising; the exception, turned into our
+        # one-line UserError, already says the same.
+        import datasets  # noqa: F401  (importing it sets its level, which must not undo ours)
+
+        self._logger = logging.getLogger("datasets")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.CRITICAL)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+        return False
+
+
 # Streams still open at exit are closed while the interpreter is intact (see the note in _documents).
 _live_streams: weakref.WeakSet = weakref.WeakSet()
 
@@ -134,10 +158,15 @@ class DatasetsSource(Source):
     def __init__(self, spec: str):
         self.spec = spec
         self._position = None
+        self._features = None
 
     def load(self):
         """Build the streaming dataset (each call a fresh one)."""
         raise NotImplementedError
+
+    def reading(self) -> contextlib.AbstractContextManager:
+        """The context each call into `datasets` runs in (nothing special unless a subclass says so)."""
+        return contextlib.nullcontext()
 
     def doc_id(self, index: int, row: dict) -> str:
         """A stable id: the `id` column when there is one, else the position in source order."""
@@ -157,15 +186,15 @@ class DatasetsSource(Source):
 
     def _documents(self, start: int, state: dict | None) -> Iterator[Document]:
         try:
-            ds = self.load()
-            if state is not None:
-                ds.load_state_dict(state["batch_state"])
-            elif start:
-                ds = ds.skip(start)
+            with self.reading():
+                ds = self.load()
+                if state is not None:
+                    ds.load_state_dict(state["batch_state"])
         except UserError:
             raise
         except Exception as e:
             raise self.wrap_error(e) from e
+        self._features = ds.features
         # Batches of rows are several times faster than rows one by one. The resume point of a
         # document is the stream's state before its batch plus its offset inside the batch.
         skip = state["offset"] if state is not None else 0
@@ -173,20 +202,27 @@ class DatasetsSource(Source):
         # the first batch's resume point is the loaded state itself.
         loaded = state["batch_state"] if state is not None else None
         it = ds.iter(batch_size=self.batch_size)
-        index = start
+        # Without a state the documents before `start` are read and dropped here, not by `ds.skip`:
+        # a skipping stream's states have another layout, which a fresh stream cannot load to resume.
+        index = start if state is not None else 0
         try:
             while True:
                 batch_state, loaded = (loaded if loaded is not None else ds.state_dict()), None
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    return
-                except Exception as e:
-                    raise self.wrap_error(e) from e
+                with self.reading():
+                    try:
+                        batch = next(it)
+                    except StopIteration:
+                        return
+                    except Exception as e:
+                        raise self.wrap_error(e) from e
                 texts = batch.get("text")
                 if texts is None or not all(isinstance(t, str) for t in texts):
                     raise UserError(f"{self.spec}: documents need a string column 'text' "
                                     f"(columns found: {', '.join(batch) or 'none'})")
+                # `index` is that of row `skip`; rows before `start` are dropped.
+                drop = min(max(0, start - index), len(texts) - skip)
+                skip += drop
+                index += drop
                 others = [k for k in batch if k != "text"]
                 for offset in range(skip, len(texts)):
                     row = {k: batch[k][offset] for k in others}
@@ -205,6 +241,16 @@ class DatasetsSource(Source):
     def position(self) -> dict | None:
         """Where the last document yielded ends: the stream's state before its batch, and its offset."""
         return self._position
+
+    def column_types(self) -> dict:
+        """The arrow types of the stream's features (some hub sets declare none until read: then {})."""
+        if self._features is None:
+            return {}
+        try:
+            schema = self._features.arrow_schema
+        except Exception:
+            return {}  # a feature type arrow cannot express: its values are typed as they come
+        return {f.name: f.type for f in schema}
 
 
 _LOCAL_BUILDERS = {"parquet": "parquet", "jsonl": "json", "text": "text"}
@@ -239,6 +285,10 @@ class LocalSource(DatasetsSource):
         kwargs = {"sample_by": "document"} if self.kind == "text" else {}
         return datasets.load_dataset(_LOCAL_BUILDERS[self.kind], data_files=self.files, split="train",
                                      streaming=True, **kwargs)
+
+    def reading(self) -> contextlib.AbstractContextManager:
+        """Keep the reader's own log lines about bad files quiet: `wrap_error` reports them in one line."""
+        return _QuietDatasets()
 
     def doc_id(self, index: int, row: dict) -> str:
         """The `id` column, else the file stem for text files, else the position in source order."""

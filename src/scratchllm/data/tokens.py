@@ -133,10 +133,8 @@ def write_tokens(path: str | Path, tokens, dtype=None) -> None:
     """Write token ids as one llm.c token file, atomically (dtype: uint16 if they fit, else uint32)."""
     arr = np.asarray(tokens)
     if dtype is None:
-        if arr.dtype in (np.dtype("<u2"), np.dtype("<u4")):
-            dtype = arr.dtype
-        else:
-            dtype = dtype_for_vocab(int(arr.max()) + 1 if arr.size else 1)
+        # The ids decide, not the array's type: small ids held in a uint32 array still fit uint16.
+        dtype = dtype_for_vocab(int(arr.max()) + 1 if arr.size else 1)
     with TokenWriter(path, dtype) as w:
         w.write(arr)
 
