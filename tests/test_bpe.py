@@ -79,6 +79,17 @@ def test_count_chunks_uses_the_split():
     assert count_chunks(["hello hello world", "hello"], GPT2_PATTERN) == Counter(
         {b"hello": 2, b" hello": 1, b" world": 1})
     assert count_chunks(["abc", "def"], "gpt4", max_bytes=3) == Counter({b"abc": 1})
+
+
+def test_max_bytes_cuts_the_last_text():
+    assert count_chunks(["abc", "defgh"], "gpt4", max_bytes=5) == Counter({b"abc": 1, b"de": 1})
+    assert count_chunks(["a\u00e9b"], "gpt4", max_bytes=2) == Counter({b"a": 1})  # half an é is dropped
+    assert count_chunks(["abc"], "gpt4", max_bytes=0) == Counter()
+    docs = CORPUS.splitlines(keepends=True)
+    assert sum(len(c) * n for c, n in count_chunks(docs, max_bytes=1000).items()) == 1000
+
+
+def test_count_chunks_in_workers_equals_one_process():
     docs = CORPUS.splitlines(keepends=True)
     assert count_chunks(docs, workers=2, batch_bytes=500) == count_chunks(docs)
 

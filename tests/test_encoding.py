@@ -135,6 +135,47 @@ def test_load_tokenizer_specs(tmp_path):
         load_tokenizer(tmp_path / "bad")
 
 
+@pytest.mark.parametrize("change, reason", [
+    ({"special_tokens": []}, "special_tokens must be an object"),
+    ({"special_tokens": None}, "special_tokens must be an object"),
+    ({"pattern": 5}, "pattern a string"),
+    ({"pattern": "(unclosed"}, "parenthesis"),
+    ({"byte_ids": [-1, *range(1, 256)]}, "byte_ids must hold"),
+    ({"byte_ids": [0] * 256}, "byte_ids must hold"),
+    ({"special_tokens": {"<|endoftext|>": 3}}, "special token ids must be distinct and at least 262"),
+    ({"merges": [[1, 999]]}, "999"),
+])
+def test_damaged_tokenizer_files_are_one_line_errors(tmp_path, change, reason):
+    train_bpe(["abcabcabd " * 50], 270).save(tmp_path)
+    obj = json.loads((tmp_path / "tokenizer.json").read_text())
+    (tmp_path / "tokenizer.json").write_text(json.dumps({**obj, **change}))
+    with pytest.raises(UserError, match="not a valid tokenizer file") as e:
+        load_tokenizer(tmp_path)
+    assert reason in str(e.value) and "\n" not in str(e.value)
+
+
+def test_whole_file_that_is_not_an_object(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a valid tokenizer file"):
+        load_tokenizer(tmp_path)
+
+
+def test_a_path_named_like_a_pretrained_tokenizer_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_bpe(["abcabcabd " * 50], 270).save(tmp_path / "gpt2")
+    with pytest.raises(UserError, match="both a pretrained tokenizer and a path here; write ./gpt2"):
+        load_tokenizer("gpt2")
+    assert load_tokenizer("./gpt2").name == "bpe-gpt4-263"  # the text runs out of pairs at 263
+
+
+def test_decoding_ids_outside_the_vocabulary_gives_replacement_characters():
+    tok = train_bpe(["abcabcabd " * 50], 270)
+    ab = tok.encode("ab")
+    assert tok.vocab_size == 263
+    assert tok.decode([*ab, 263, 100_000, *ab]) == "ab\ufffd\ufffdab"
+    assert tok.decode([*ab, tok.eot_id]) == "ab<|endoftext|>"
+
+
 def test_trained_tokenizer_converts_to_huggingface():
     text = PARAGRAPH * 3 + "aaaaaaaaaa bbbbbbb aaaa bbbb " * 20
     tok = train_bpe([text], 700)

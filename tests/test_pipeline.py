@@ -75,9 +75,24 @@ def test_failure_leaves_no_complete_looking_output(tok, tmp_path):
 
     with pytest.raises(OSError):
         tokenize_to_dir(broken(), tok, tmp_path, val_docs=2, workers=2, quiet=True, batch_bytes=100)
-    assert not (tmp_path / "meta.json").exists()  # the folder no longer claims to be complete
-    assert (tmp_path / "train.bin").read_bytes() == before  # never half-overwritten
+    # the failed run touched nothing: the earlier output is still complete and readable
+    assert (tmp_path / "train.bin").read_bytes() == before
+    assert read_split(tmp_path, "train").tolist() == expected_stream(tok, DOCS[:-2])
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(UserError, match="leave none for training"):  # found only after the whole pass
+        tokenize_to_dir(DOCS[:10], tok, tmp_path, val_docs=10, workers=1, quiet=True)
+    assert read_split(tmp_path, "val").tolist() == expected_stream(tok, DOCS[-2:])
+
+
+def test_failure_while_replacing_leaves_no_complete_looking_output(tok, tmp_path, monkeypatch):
+    tokenize_to_dir(DOCS, tok, tmp_path, val_docs=2, workers=1, quiet=True)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(Tokenizer, "save", fail)
+    with pytest.raises(OSError):  # after the token files were replaced, before meta.json
+        tokenize_to_dir(DOCS[:5], tok, tmp_path, val_docs=1, workers=1, quiet=True)
     with pytest.raises(UserError, match="no meta.json"):
         read_split(tmp_path, "train")
 

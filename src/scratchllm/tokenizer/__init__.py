@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scratchllm.tokenizer.bpe import EOT, GPT2_PATTERN, GPT4_PATTERN, train_bpe
-from scratchllm.tokenizer.encoding import Tokenizer
+from scratchllm.tokenizer.encoding import Tokenizer, is_pretrained_name
 from scratchllm.tokenizer.parallel import default_workers
 from scratchllm.tokenizer.pipeline import iter_texts, read_meta, read_split, tokenize_to_dir
 from scratchllm.util import UserError
@@ -17,6 +17,11 @@ __all__ = ["EOT", "GPT2_PATTERN", "GPT4_PATTERN", "Tokenizer", "load_tokenizer",
 def load_tokenizer(spec: str | Path) -> Tokenizer:
     """A tokenizer folder (or tokenizer.json), or a pretrained name such as gpt2 or cl100k_base."""
     path = Path(spec)
+    if isinstance(spec, str) and is_pretrained_name(spec):
+        if path.exists():  # a folder called gpt2 must not silently stand in for GPT-2, or the reverse
+            raise UserError(f"{spec!r} is both a pretrained tokenizer and a path here; "
+                            f"write ./{spec} for the path")
+        return Tokenizer.pretrained(spec)
     if (path / "tokenizer.json").is_file() or path.is_file():
         return Tokenizer.load(path)
     if path.is_dir() or any(sep in str(spec) for sep in ("/", "\\")) or path.suffix == ".json":
@@ -44,6 +49,7 @@ def train_tokenizer(source, vocab_size: int, out_dir: str | Path, pattern: str =
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after training
     tok = train_bpe(iter_texts(source), vocab_size, pattern=pattern, max_bytes=max_bytes,
                     progress=not quiet, workers=workers)
     tok.save(out_dir)

@@ -75,12 +75,16 @@ def _count_batch(texts: list[str]) -> Counter:
 def _text_batches(texts: Iterable[str], max_bytes: int | None, batch_bytes: int):
     batch, size, seen = [], 0, 0
     for text in texts:
-        batch.append(text)
-        n = len(text.encode("utf-8", errors="surrogatepass"))
-        size += n
-        seen += n
         if max_bytes is not None and seen >= max_bytes:
             break
+        data = text.encode("utf-8", errors="surrogatepass")
+        if max_bytes is not None and seen + len(data) > max_bytes:
+            # Cut the last text to the budget, dropping a character the cut splits.
+            text = data[:max_bytes - seen].decode("utf-8", errors="ignore")
+            data = text.encode("utf-8")
+        batch.append(text)
+        size += len(data)
+        seen += len(data)
         if size >= batch_bytes:
             yield batch
             batch, size = [], 0

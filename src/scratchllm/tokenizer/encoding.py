@@ -106,8 +106,22 @@ class Tokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def decode_bytes(self, ids) -> bytes:
-        """The raw bytes of ids (special tokens as their text)."""
-        return self._tiktoken.decode_bytes([int(i) for i in ids])
+        """The raw bytes of ids (special tokens as their text); an id outside the vocabulary gives U+FFFD.
+
+        A model may have more embedding rows than the tokenizer has ids (padding, or a larger
+        `model.vocab_size`), and an untrained one samples them; decoding must not fail on those.
+        """
+        ids = [int(i) for i in ids]
+        try:
+            return self._tiktoken.decode_bytes(ids)
+        except KeyError:
+            return b"".join(self._token_bytes(i) for i in ids)
+
+    def _token_bytes(self, i: int) -> bytes:
+        try:
+            return self._tiktoken.decode_single_token_bytes(i)
+        except (KeyError, OverflowError):
+            return "\ufffd".encode()
 
     def __getstate__(self):
         # Worker processes rebuild the tiktoken object from the ranks; it is not sent over.
@@ -160,13 +174,22 @@ class Tokenizer:
             raise UserError(f"{path}: no tokenizer.json here (make one with `scratchllm tokenizer train`)")
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
-            if obj.get("format") != FORMAT or obj.get("version") != 1:
+            if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("version") != 1:
                 raise ValueError(f"not a {FORMAT} version 1 file")
             merges = [(int(a), int(b)) for a, b in obj["merges"]]
-            ranks = ranks_from_merges(merges, obj.get("byte_ids"))
+            byte_ids = obj.get("byte_ids")
+            if byte_ids is not None and sorted(byte_ids) != list(range(256)):
+                raise ValueError("byte_ids must hold each of 0..255 once")
+            ranks = ranks_from_merges(merges, byte_ids)
+            if not isinstance(obj["special_tokens"], dict) or not isinstance(obj["pattern"], str):
+                raise ValueError("special_tokens must be an object and pattern a string")
             specials = {str(k): int(v) for k, v in obj["special_tokens"].items()}
-            return cls(ranks, obj["pattern"], specials, obj.get("name", path.parent.name), merges,
-                       obj.get("byte_ids"))
+            if any(v < len(ranks) for v in specials.values()) or len(set(specials.values())) < len(specials):
+                raise ValueError(f"special token ids must be distinct and at least {len(ranks)}")
+            name = str(obj.get("name", path.parent.name))
+            tok = cls(ranks, obj["pattern"], specials, name, merges, byte_ids)
+            tok.to_tiktoken()  # compiles the pattern: a bad regex fails here, not in a worker later
+            return tok
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise UserError(f"{path}: not a valid tokenizer file ({e})") from None
 
@@ -226,6 +249,15 @@ class Tokenizer:
         tok.__dict__["_tiktoken"] = enc
         tok.pretrained_name = name
         return tok
+
+
+def is_pretrained_name(name: str) -> bool:
+    """Whether name is a published encoding (gpt2, or one tiktoken knows, such as cl100k_base)."""
+    if name == "gpt2":
+        return True
+    import tiktoken
+
+    return name in tiktoken.list_encoding_names()
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -8,8 +8,11 @@ results in input order, so the caller sees the same sequence as a plain loop.
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+
+from scratchllm.util import UserError
 
 
 def default_workers() -> int:
@@ -25,6 +28,7 @@ def ordered_map(fn: Callable, items: Iterable, workers: int = 1, initializer: Ca
     """Yield fn(item) for each item, in order, computed by `workers` processes (in this one if 1).
 
     `fn` and `initializer` must be module-level functions so that spawned workers can import them.
+    A worker that dies (killed, out of memory) raises UserError instead of leaving the map waiting.
     """
     if workers <= 1:
         if initializer is not None:
@@ -33,18 +37,32 @@ def ordered_map(fn: Callable, items: Iterable, workers: int = 1, initializer: Ca
             yield fn(item)
         return
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    # The pool starts before the first item is read, so no reader thread is alive at fork time.
-    pool = multiprocessing.get_context().Pool(workers, initializer=initializer, initargs=initargs)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(), initializer=_init_worker,
+                               initargs=(initializer, initargs))
+    done = False
     try:
+        # Start the workers before the first item is read, so no reader thread is alive at fork time.
+        pool.submit(os.getpid).result()
         pending: deque = deque()
         for item in items:
-            pending.append(pool.apply_async(fn, (item,)))
+            pending.append(pool.submit(fn, item))
             if len(pending) >= 2 * workers:  # the reader waits for the oldest result
-                yield pending.popleft().get()
+                yield pending.popleft().result()
         while pending:
-            yield pending.popleft().get()
-        pool.close()
+            yield pending.popleft().result()
+        done = True
+    except BrokenProcessPool:
+        raise UserError("a worker process died (killed, or out of memory); try fewer --workers") from None
     finally:
-        pool.terminate()
-        pool.join()
+        # On an error or Ctrl-C the queued items are dropped; running ones finish (each is small).
+        pool.shutdown(wait=done, cancel_futures=True)
+
+
+def _init_worker(initializer: Callable | None, initargs: tuple) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the map, the workers stay quiet.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)

@@ -195,7 +195,6 @@ def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # written last: its presence means "complete"
     remove_stale_temps(out)  # a killed run's token files, each as large as the output
     dtype = dtype_for_vocab(tok.vocab_size)
     doc_tokens, doc_bytes = array("q"), array("q")  # 16 bytes per document, not per token
@@ -215,6 +214,9 @@ def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
         keep = int(np.sum(doc_tokens[:n_train], dtype=np.int64)) if n_train else 0
         with TokenWriter(out / "val.bin", dtype) as val:
             train.move_tail(keep, val)
+            # meta.json is written last and means "complete". Until here a failed run has touched
+            # nothing, so an earlier complete output stays usable; from here its files get replaced.
+            (out / "meta.json").unlink(missing_ok=True)
 
     if tok.pretrained_name:
         name = tok.pretrained_name
