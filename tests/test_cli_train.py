@@ -89,6 +89,29 @@ def test_eval_reproduces_the_last_validation_loss(run_cli, run):
     assert f"{last['val_bpb']:.4f} bits/byte" in r.stdout
 
 
+def test_val_ids_beyond_the_model_without_meta(run_cli, byte_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_tokens(data / "train.bin", list(range(200)) * 20)
+    write_tokens(data / "val.bin", [300] * 200)
+    r = run_cli("train", "--data", data, "--out", tmp_path / "r", "--set", "model.vocab_size=256")
+    _one_line_error(r, "val.bin: token ids reach 300")
+
+
+def test_eval_on_tokens_of_another_tokenizer_is_refused(run_cli, run, byte_data, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("train.bin", "val.bin"):
+        (other / name).write_bytes((byte_data / name).read_bytes())
+    meta = json.loads((byte_data / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "tokenizer_sha256": "0" * 64}))
+    _one_line_error(run_cli("eval", "--run", run, "--data", other), "another tokenizer than the run's")
+    from scratchllm.config import load_run_config
+
+    own = load_run_config(run / "config.toml").train.data
+    assert run_cli("eval", "--run", run, "--data", own).returncode == 0  # its own tokens are fine
+
+
 def test_eval_of_a_folder_without_a_run(run_cli, tmp_path):
     _one_line_error(run_cli("eval", "--run", tmp_path), "not a run folder")
 

@@ -52,6 +52,12 @@ def test_sets_parse_by_field_type():
     ("train.dtype=fp8", "train.dtype must be one of"),
     ("train.batch_size=0", "train.batch_size must be at least 1"),
     ("model.norm=batchnorm", "model.norm must be one of"),
+    ("train.beta2=1.5", "train.beta2 must be in"),
+    ("train.beta1=-0.1", "train.beta1 must be in"),
+    ("train.seed=-1", "train.seed must be in"),
+    ("train.seed=5000000000", "train.seed must be in"),
+    ("train.max_minutes=-5", "train.max_minutes must not be negative"),
+    ("train.grad_clip=-1", "must not be negative"),
 ])
 def test_bad_overrides_are_user_errors(item, message):
     with pytest.raises(UserError, match=message):

@@ -131,3 +131,71 @@ def test_resume_in_another_dtype(data, tmp_path):
     summary = train(_cfg(train__max_steps=4, train__eval_every=100, train__dtype="float16"), data,
                     tmp_path / "run", resume=True, quiet=True)  # a float16 grad scaler starts fresh
     assert summary["step"] == 4 and math.isfinite(summary["val_loss"])
+
+
+def _strict_json(path):
+    def no_constants(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=no_constants)
+
+
+def test_broken_newest_checkpoint_is_set_aside_and_the_resume_stays_exact(data, tmp_path):
+    from scratchllm.train import checkpoint as ck
+    from scratchllm.train import train
+
+    cfg = _cfg(train__max_steps=10, train__ckpt_every=5, train__eval_every=100, train__keep_last=2)
+    run = tmp_path / "run"
+    train(cfg, data, run, quiet=True)
+    full = _rows(run)
+    weights = run / "ckpt" / "step_10" / ck.MODEL_FILE
+    damaged = bytearray(weights.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    weights.write_bytes(bytes(damaged))
+
+    summary = train(cfg, data, run, resume=True, quiet=True)  # from step 5, past the broken step 10
+    assert summary["step"] == 10
+    assert [p.name for p in ck.list_checkpoints(run / "ckpt")] == ["step_5", "step_10"]
+    ck.verify(run / "ckpt" / "step_10")  # the new, good one
+    assert (run / "ckpt" / "broken_step_10").is_dir()  # set aside, not deleted
+    assert _rows(run) == full
+    assert _strict_json(run / "ckpt" / "step_10" / ck.STATE_FILE)["best_val"] is not None
+
+
+def test_resume_with_no_usable_checkpoint_refuses_and_keeps_the_log(data, tmp_path):
+    from scratchllm.train import checkpoint as ck
+    from scratchllm.train import train
+    from scratchllm.util import UserError
+
+    cfg = _cfg(train__max_steps=5, train__ckpt_every=5, train__eval_every=100)
+    run = tmp_path / "run"
+    train(cfg, data, run, quiet=True)
+    before = (run / "metrics.jsonl").read_text()
+    (run / "ckpt" / "step_5" / ck.OPTIM_FILE).write_bytes(b"damaged")
+    with pytest.raises(UserError, match="no checkpoint in .* passes its checks"):
+        train(cfg, data, run, resume=True, quiet=True)
+    assert (run / "metrics.jsonl").read_text() == before
+    assert (run / "ckpt" / "step_5").is_dir()
+
+
+def test_signal_during_the_final_evaluation_still_saves(data, tmp_path, monkeypatch):
+    from scratchllm.train import checkpoint as ck
+    from scratchllm.train import train
+    from scratchllm.train import trainer as trainer_module
+
+    real_evaluate, calls = trainer_module.evaluate, [0]
+
+    def evaluate(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:  # the first is at step 0, the second the final one
+            signal.raise_signal(signal.SIGTERM)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", evaluate)
+    # A token budget ends the run off the evaluation schedule, so the final evaluation follows the loop.
+    cfg = _cfg(train__max_steps=100, train__max_tokens=6 * 8 * 64, train__ckpt_every=100,
+               train__eval_every=100)
+    summary = train(cfg, data, tmp_path / "run", quiet=True)
+    assert summary["step"] == 6 and calls[0] == 2 and "token budget" in summary["stop_reason"]
+    state = _strict_json(tmp_path / "run" / "ckpt" / "step_6" / ck.STATE_FILE)
+    assert state["step"] == 6 and state["val_loss"] == summary["val_loss"]

@@ -138,6 +138,10 @@ def cmd_train(args) -> int:
     else:
         cfg = build_config(args.preset, args.config, args.set)
     if args.max_steps is not None:
+        if args.resume and saved.is_file() and args.max_steps != cfg.train.max_steps:
+            print(f"note: --max-steps {args.max_steps} (the run's was {cfg.train.max_steps}) also stretches "
+                  "the cosine schedule, so the learning rate from here on differs from the run's plan",
+                  file=sys.stderr)
         cfg = cfg.update({"train": {"max_steps": args.max_steps}}, "--max-steps")
     if args.max_minutes is not None:
         cfg = cfg.update({"train": {"max_minutes": args.max_minutes}}, "--max-minutes")
@@ -160,7 +164,7 @@ def cmd_eval(args) -> int:
     import dataclasses
     import math
 
-    from scratchllm.train.checkpoint import load_run
+    from scratchllm.train.checkpoint import load_run, run_tokenizer
     from scratchllm.train.distributed import Dist, pick_device
     from scratchllm.train.metrics import split_bits_per_byte
     from scratchllm.train.trainer import evaluate, open_data
@@ -171,6 +175,14 @@ def cmd_eval(args) -> int:
     if not data:
         raise UserError(f"{args.run}: no token folder recorded; pass --data DIR")
     meta, _, val, _ = open_data(data, dataclasses.replace(cfg, explicit=frozenset({"model.vocab_size"})))
+    if args.data and meta.get("tokenizer_sha256"):
+        try:
+            tok = run_tokenizer(args.run, cfg)
+        except UserError:
+            tok = None  # a run without a known tokenizer: nothing to compare against
+        if tok is not None and tok.sha256() != meta["tokenizer_sha256"]:
+            raise UserError(f"{data}: these tokens come from another tokenizer than the run's ({tok.name}); "
+                            "tokenize the text with the run's tokenizer first")
     loss = evaluate(model, val, cfg.train, cfg.model.block_size, device, Dist())
     line = f"val loss {loss:.4f}, perplexity {math.exp(min(loss, 50)):.2f}"
     bpb = split_bits_per_byte(loss, meta.get("val", {}))
@@ -302,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-columns", default="",
                    help="comma-separated extra source columns to keep beside id and text")
 
-    tok = sub.add_parser("tokenizer", help="learn or inspect a BPE tokenizer", parents=[common])
+    tok = sub.add_parser("tokenizer", help="learn a BPE tokenizer from a source", parents=[common])
     tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
     p = add("train", cmd_tokenizer_train, "learn a byte-level BPE tokenizer", parent=tok_sub)
     src = p.add_mutually_exclusive_group()
@@ -343,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="optimizer steps of the run; the cosine schedule ends there")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
 
     p = add("eval", cmd_eval, "evaluate a run's model on validation tokens")

@@ -68,6 +68,16 @@ class TrainConfig:
         for name in ("max_steps", "max_tokens", "warmup_steps", "sample_tokens"):
             if getattr(self, name) < 0:
                 raise UserError(f"train.{name} must not be negative, got {getattr(self, name)}")
+        if self.max_minutes < 0:
+            raise UserError(f"train.max_minutes must not be negative, got {self.max_minutes}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"train.seed must be in [0, 2**32), got {self.seed}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise UserError(f"train.weight_decay and train.grad_clip must not be negative "
+                            f"(got {self.weight_decay} and {self.grad_clip})")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
             raise UserError(f"need 0 <= train.min_lr <= train.lr and lr > 0 "
                             f"(lr={self.lr}, min_lr={self.min_lr})")

@@ -150,6 +150,20 @@ def latest_checkpoint(ckpt_dir: str | Path, warn=print) -> tuple[Path, dict] | N
     return None
 
 
+def set_aside_newer(ckpt_dir: str | Path, kept: Path) -> list[Path]:
+    """Rename checkpoints newer than `kept` to broken_step_N (kept for a look, never listed); return them."""
+    moved = []
+    for path in list_checkpoints(ckpt_dir):
+        if _step_of(path) > _step_of(Path(kept)):
+            target = path.with_name(f"broken_{path.name}")
+            n = 1
+            while target.exists():
+                target, n = path.with_name(f"broken_{path.name}_{n}"), n + 1
+            path.rename(target)
+            moved.append(target)
+    return moved
+
+
 def load_model_weights(model: torch.nn.Module, path: str | Path, device="cpu") -> None:
     """Load `model.safetensors` of a checkpoint folder into `model` (strict)."""
     from safetensors.torch import load_model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 from scratchllm.util import atomic_path, atomic_write_bytes
@@ -19,6 +20,26 @@ def split_bits_per_byte(loss: float, split: dict) -> float | None:
     if not split or not split.get("bytes") or not split.get("tokens"):
         return None
     return bits_per_byte(loss, split["tokens"], split["bytes"])
+
+
+SAMPLE_HEADER = re.compile(r"^--- step (\d+) \(val loss [^)\n]*\) ---$", re.MULTILINE)
+
+
+def sample_entry(step: int, val_loss: float, text: str) -> str:
+    """One entry of samples.txt: a header line with the step, then the text."""
+    return f"--- step {step} (val loss {val_loss:.4f}) ---\n{text}\n\n"
+
+
+def truncate_samples(path: str | Path, step: int, scheduled_eval=lambda s: True) -> None:
+    """Drop the samples.txt entries that `MetricsLog.truncate_after` drops from metrics.jsonl."""
+    path = Path(path)
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    starts = [(m.start(), int(m.group(1))) for m in SAMPLE_HEADER.finditer(text)]
+    keep = [text[a:b] for (a, s), (b, _) in zip(starts, [*starts[1:], (len(text), 0)], strict=True)
+            if s < step or (s == step and scheduled_eval(s))]
+    atomic_write_bytes(path, "".join(keep).encode())
 
 
 class MetricsLog:

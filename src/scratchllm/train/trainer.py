@@ -26,7 +26,7 @@ from scratchllm.config import Config, TrainConfig
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.distributed import Dist, setup, teardown
 from scratchllm.train.loader import TokenLoader, eval_batches
-from scratchllm.train.metrics import MetricsLog, split_bits_per_byte
+from scratchllm.train.metrics import MetricsLog, sample_entry, split_bits_per_byte, truncate_samples
 from scratchllm.util import UserError
 
 # Dense bf16 peak of GPUs, for MFU in the progress bar (CPUs: measure it, see benchmarks/).
@@ -108,9 +108,11 @@ def open_data(data_dir: str | Path, cfg: Config) -> tuple[dict, np.ndarray, np.n
                         f"model.vocab_size {cfg.model.vocab_size:,}")
     train = read_tokens(data_dir / "train.bin")
     val = read_tokens(data_dir / "val.bin")
-    if not meta and int(train.max(initial=0)) >= cfg.model.vocab_size:  # no meta.json to trust
-        raise UserError(f"{data_dir / 'train.bin'}: token ids reach {int(train.max())}, "
-                        f"beyond model.vocab_size {cfg.model.vocab_size:,}")
+    if not meta:  # no meta.json to trust: look at the ids themselves
+        for name, tokens in (("train.bin", train), ("val.bin", val)):
+            if int(tokens.max(initial=0)) >= cfg.model.vocab_size:
+                raise UserError(f"{data_dir / name}: token ids reach {int(tokens.max())}, "
+                                f"beyond model.vocab_size {cfg.model.vocab_size:,}")
     return meta, train, val, cfg
 
 
@@ -158,11 +160,19 @@ def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist, warn) -> tuple[Path,
     found = None
     if dist.main and resume:
         found = ckpt.latest_checkpoint(ckpt_dir, warn=warn)
+        if found is not None:
+            # Newer folders failed their checks. Training will pass their steps again, and pruning
+            # must never keep them over the good checkpoints it writes, so they are set aside.
+            for moved in ckpt.set_aside_newer(ckpt_dir, found[0]):
+                warn(f"note: moved the unusable {moved.name.removeprefix('broken_')} to {moved}")
         choice = (choice[0], found[0].name if found else None)
     exists, name = dist.broadcast(choice)
     if exists and not resume:
         raise UserError(f"{ckpt_dir.parent} already holds checkpoints: add --resume to continue it, "
                         "or pick another --out")
+    if exists and name is None:
+        raise UserError(f"no checkpoint in {ckpt_dir} passes its checks (see above); starting over "
+                        "would overwrite the run's log: move the folder away to do that")
     if name is None:
         if resume:
             warn(f"note: no checkpoint in {ckpt_dir} to resume from; starting from step 0")
@@ -251,14 +261,18 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
         loader.load_state_dict(state["loader"])
         rngs = state.get("rng_ranks") or [state["rng"]]
         ckpt.set_rng_state(rngs[dist.rank] if len(rngs) == dist.world_size else state["rng"])
-        step, best_val = state["step"], state.get("best_val", math.inf)
+        step = state["step"]
+        best_val = math.inf if state.get("best_val") is None else state["best_val"]
         best_ckpt = ckpt_dir / state["best_ckpt"] if state.get("best_ckpt") else None
         say(f"resuming from {path} (step {step})")
     if dist.main:
         # An evaluation made at an off-schedule step because the run stopped there is dropped, so
         # the log continues exactly as the uninterrupted run's.
-        metrics.truncate_after(step if found is not None else -1,
-                               scheduled_eval=lambda s: s % tc.eval_every == 0 or s >= tc.max_steps)
+        def scheduled(s):
+            return s % tc.eval_every == 0 or s >= tc.max_steps
+
+        metrics.truncate_after(step if found is not None else -1, scheduled)
+        truncate_samples(out / "samples.txt", step if found is not None else -1, scheduled)
         cfg.save(out / "config.toml")
 
     compiled = tc.compile
@@ -295,7 +309,7 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
             text = sample_text(model, tokenizer, tc.sample_tokens, device, tc.seed)
             if text is not None:
                 with open(out / "samples.txt", "a", encoding="utf-8") as f:
-                    f.write(f"--- step {step} (val loss {val_loss:.4f}) ---\n{text}\n\n")
+                    f.write(sample_entry(step, val_loss, text))
             metrics.plot(out / "loss.png", title=f"{out.name}: {model.num_params() / 1e6:.1f}M parameters")
             say(f"step {step}: val loss {val_loss:.4f}" + (f", {row['val_bpb']:.3f} bits/byte"
                                                               if "val_bpb" in row else ""))
@@ -309,7 +323,8 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
         is_best = val_loss is not None and val_loss < best_val
         if is_best:
             best_val, best_ckpt = val_loss, ckpt_dir / f"step_{step}"
-        state = {"tokens": step * tokens_per_step, "val_loss": val_loss, "best_val": best_val,
+        state = {"tokens": step * tokens_per_step, "val_loss": val_loss,
+                 "best_val": best_val if math.isfinite(best_val) else None,  # strict JSON has no Infinity
                  "best_ckpt": best_ckpt.name if best_ckpt else None, "loader": loader.state_dict(),
                  "scaler": scaler.state_dict(), "world_size": dist.world_size}
         if dist.world_size > 1:
@@ -385,18 +400,20 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
             elif not dist.enabled:
                 by_signal, by_time = stops
             val_loss = None
-            if step % tc.eval_every == 0:
+            if step % tc.eval_every == 0 or step == tc.max_steps:  # before the save, which records it
                 val_loss, last_eval = do_eval(), step
             if step % tc.ckpt_every == 0:
                 do_save(val_loss)
                 last_save = step
 
-    bar.close()
-    say(f"stopping: {reason}")
-    if last_eval != step and not signal_stop:  # a signal asks for a quick exit: the checkpoint only
-        val_loss = do_eval()
-    if last_save != step:
-        do_save(val_loss)
+        # Still inside the signal handler: a Ctrl-C during the final evaluation must not lose the
+        # steps since the last checkpoint.
+        bar.close()
+        say(f"stopping: {reason}")
+        if last_eval != step and not signal_stop:  # a signal asks for a quick exit: the checkpoint only
+            val_loss = do_eval()
+        if last_save != step:
+            do_save(val_loss)
     dist.barrier()
     summary = {"run": str(out), "step": step, "tokens": step * tokens_per_step, "val_loss": val_loss,
                "stop_reason": reason, "minutes": (time.perf_counter() - t_start) / 60,

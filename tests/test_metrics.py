@@ -1,0 +1,34 @@
+"""metrics.jsonl and samples.txt: a resume drops exactly the entries the replayed steps write again."""
+
+import json
+
+from scratchllm.train.metrics import MetricsLog, bits_per_byte, sample_entry, truncate_samples
+
+
+def test_bits_per_byte():
+    # ln(2) nats per token at 2 bytes per token is half a bit per byte
+    assert abs(bits_per_byte(0.6931471805599453, 10, 20) - 0.5) < 1e-12
+
+
+def test_truncate_after_keeps_earlier_lines_and_scheduled_evaluations(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for row in [{"step": 0, "val_loss": 5.0}, {"step": 5, "loss": 4.0}, {"step": 5, "val_loss": 4.1},
+                {"step": 8, "loss": 3.0}, {"step": 8, "val_loss": 3.5}, {"step": 9, "loss": 2.9}]:
+        log.log(**row)
+    MetricsLog(tmp_path / "metrics.jsonl").truncate_after(8, scheduled_eval=lambda s: s % 5 == 0)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 0, "val_loss": 5.0}, {"step": 5, "loss": 4.0}, {"step": 5, "val_loss": 4.1},
+                    {"step": 8, "loss": 3.0}]  # the off-schedule evaluation at 8 and step 9 are gone
+
+
+def test_truncate_samples_matches_the_metrics(tmp_path):
+    path = tmp_path / "samples.txt"
+    text = "".join(sample_entry(s, 5.0 - s / 10, f"text at {s}\n--- not a header ---") for s in (0, 5, 8, 10))
+    path.write_text(text)
+    truncate_samples(path, 8, scheduled_eval=lambda s: s % 5 == 0)
+    assert path.read_text() == "".join(sample_entry(s, 5.0 - s / 10, f"text at {s}\n--- not a header ---")
+                                       for s in (0, 5))
+    truncate_samples(path, -1)  # a fresh start after a run that died before its first checkpoint
+    assert path.read_text() == ""
+    truncate_samples(tmp_path / "none.txt", 3)  # nothing to do
+    assert not (tmp_path / "none.txt").exists()
