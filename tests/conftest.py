@@ -28,8 +28,8 @@ def run_cli(cli_env):
     import subprocess
 
     def run(*args, check=False, timeout=600, **kw):
+        kw.setdefault("env", cli_env)
         return subprocess.run([sys.executable, "-m", "scratchllm", *map(str, args)],
-                              capture_output=True, text=True, env=cli_env, check=check,
-                              timeout=timeout, **kw)
+                              capture_output=True, text=True, check=check, timeout=timeout, **kw)
 
     return run

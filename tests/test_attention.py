@@ -141,6 +141,13 @@ def test_gpt_attention_equals_multi_head_attention(x):
     torch.testing.assert_close(fused(h), mha(h, use_sdpa=False), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("use_sdpa", [True, False])
+def test_inputs_longer_than_the_context_are_refused_on_both_paths(use_sdpa):
+    mha = MultiHeadAttention(D_IN, D_OUT, T, 0.0, num_heads=2)
+    with pytest.raises(ValueError, match="exceed context_length"):
+        mha(torch.randn(1, T + 1, D_IN), use_sdpa=use_sdpa)
+
+
 def test_head_count_must_divide_width():
     with pytest.raises(ValueError):
         MultiHeadAttention(D_IN, 10, T, 0.0, num_heads=4)

@@ -166,6 +166,44 @@ def test_generate_stops_at_end_of_text_and_transformers_agrees(run_cli, run, tmp
     assert tok.decode(out[0], skip_special_tokens=True) + "\n" == ours.stdout
 
 
+def test_export_replaces_only_an_earlier_export(run_cli, run, tmp_path):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text('{"model_type": "gpt2"}')
+    (project / "NOTES.md").write_text("mine")
+    _one_line_error(run_cli("export", "--run", run, "--out", project), "not an earlier export")
+    assert (project / "NOTES.md").read_text() == "mine" and (project / "src").is_dir()
+
+    out = tmp_path / "hf"
+    assert run_cli("export", "--run", run, "--out", out, "--quiet").returncode == 0
+    first = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(b"stale")
+    r = run_cli("export", "--run", run, "--out", out, "--quiet")  # an earlier export: replaced
+    assert r.returncode == 0 and "Writing" not in r.stderr, r.stderr
+    assert (out / "model.safetensors").read_bytes() == first
+    tok = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok["model_max_length"] == 64  # the run's context, not "unlimited"
+    _one_line_error(run_cli("export", "--run", run, "--out", ".", cwd=out), "current folder")
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--temperature", "nan", "finite --temperature"),
+    ("--temperature", "-1", "finite --temperature"),
+    ("--top-p", "0", "--top-p"),
+    ("--seed", str(2**64), "--seed must be in"),
+])
+def test_generate_bad_arguments(run_cli, run, flag, value, words):
+    _one_line_error(run_cli("generate", "--run", run, "--prompt", "To be", flag, value), words)
+
+
+def test_generate_to_a_narrow_encoding_replaces_what_it_cannot_show(run_cli, run, cli_env):
+    env = {**cli_env, "PYTHONIOENCODING": "cp1252"}
+    r = run_cli("generate", "--run", run, "--prompt", "snow \u2603", "--max-new-tokens", 30,
+                "--temperature", "1.5", "--top-k", 0, env=env, errors="replace")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("snow ?")
+
+
 def test_export_without_transformers_names_the_extra(monkeypatch, capsys, tmp_path):
     import sys
 

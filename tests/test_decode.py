@@ -54,6 +54,15 @@ def test_mode_routes_only_one_row_products_without_grad(routed):
     assert routed == [(1, 1, 16)]
 
 
+def test_keyword_calls_pass_through(routed):
+    layer = torch.nn.Linear(16, 64)
+    x = torch.randn(1, 16)
+    with decode.SplitRowProducts(parts=2), torch.no_grad():
+        y = F.linear(input=x, weight=layer.weight, bias=layer.bias)  # not routed, but must work
+    torch.testing.assert_close(y, layer(x))
+    assert routed == []
+
+
 def test_generate_uses_split_products_and_keeps_the_tokens(monkeypatch):
     config = GPTConfig(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32)
     torch.manual_seed(3)

@@ -155,6 +155,9 @@ def test_generation_stops_at_end_of_text():
     # with two rows, the finished row is held at eot while the other continues
     both = model.generate(torch.cat([prompt, prompt.flip(1)]), 20, temperature=0, eot=eot)
     assert both[0, 4 + stop:].eq(eot).all()
+    alone = model.generate(prompt.flip(1), 20, temperature=0, eot=eot)[0]
+    assert both.size(1) == 4 + (stop + 1 if alone.size(0) < both.size(1) else 20)
+    assert both[1, :alone.size(0)].tolist() == alone.tolist()  # the other row went on as if alone
 
 
 def test_top_k_and_top_p_keep_only_the_likeliest_tokens():
@@ -167,6 +170,25 @@ def test_top_k_and_top_p_keep_only_the_likeliest_tokens():
     counts = torch.bincount(sample(logits, 1.0, generator=g), minlength=4) / 2000
     torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.04, rtol=0)
     assert sample(logits[:1], 0).item() == 0
+
+
+def test_sampling_arguments():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.0, -1.0, 5.0]])
+    assert sample(logits, 1e-45).tolist() == [1, 2]  # a tiny temperature is greedy, not NaN
+    assert sample(logits * 1e30, 1e-30).tolist() == [1, 2]
+    for bad in (dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5), dict(temperature=float("nan")),
+                dict(temperature=-1.0)):
+        with pytest.raises(ValueError):
+            sample(logits, **{"temperature": 1.0, **bad})
+
+
+def test_sinusoidal_positions_need_an_even_width_not_an_even_head():
+    model = GPT(small(pos="sinusoidal", n_embd=48, n_head=16))  # head size 3
+    assert model(torch.zeros(1, 4, dtype=torch.long))[0].shape == (1, 4, V)
+    with pytest.raises(UserError, match="even n_embd"):
+        small(pos="sinusoidal", n_embd=45, n_head=5)
+    with pytest.raises(UserError, match="even head size"):
+        small(pos="rope", n_embd=48, n_head=16)
 
 
 def test_padded_vocabulary_is_never_sampled():

@@ -123,6 +123,25 @@ def test_gpt2_124m_parity_both_ways():
     compare(from_hf(hf).eval(), hf, idx)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_conversion_keeps_the_dtype(dtype):
+    hf = reference(GPTConfig(**SMALL)).to(dtype)
+    ours = from_hf(hf)
+    assert {p.dtype for p in ours.parameters()} == {dtype}
+    assert torch.equal(ours.transformer.h[0].mlp.c_fc.weight, hf.transformer.h[0].mlp.c_fc.weight.t())
+    back = to_hf(ours)
+    assert {p.dtype for p in back.parameters()} == {dtype}
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), hf.state_dict().values(),
+                                                   strict=True))
+
+
+def test_gpt2_without_its_head_is_refused():
+    body = transformers.GPT2Model(transformers.GPT2Config(vocab_size=300, n_positions=32, n_embd=64,
+                                                          n_layer=1, n_head=4))
+    with pytest.raises(UserError, match="needs a GPT2LMHeadModel"):
+        from_hf(body)
+
+
 def test_from_hf_returns_an_eval_mode_model():
     hf = reference(GPTConfig(**SMALL))  # GPT-2's config has dropout 0.1
     model = from_hf(hf)

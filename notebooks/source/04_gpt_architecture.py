@@ -306,8 +306,8 @@ del gpt2
 #
 # Time to see what training does. To learn anything in half a minute on a CPU the model must be
 # small, and so must its vocabulary (a 50,257-row head would dominate the cost), so we use stage 1's
-# own BPE trainer to learn a 512-token vocabulary from the built-in Shakespeare corpus (one play is
-# held out to measure the loss on unseen text).
+# own BPE trainer to learn a 512-token vocabulary from the first megabyte of the built-in
+# Shakespeare corpus (one play is held out to measure the loss on unseen text).
 
 # %%
 docs = list(open_source("shakespeare"))

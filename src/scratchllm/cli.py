@@ -194,13 +194,22 @@ def cmd_eval(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    import math
+
     import torch
 
     from scratchllm.train.checkpoint import load_run, run_tokenizer
     from scratchllm.train.distributed import pick_device
 
-    if args.max_new_tokens < 0 or args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise UserError("need --max-new-tokens >= 0, --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
+    if (args.max_new_tokens < 0 or not 0 <= args.temperature < math.inf or not 0 < args.top_p <= 1
+            or args.top_k < 0):
+        raise UserError("need --max-new-tokens >= 0, a finite --temperature >= 0, 0 < --top-p <= 1, "
+                        "--top-k >= 0")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")
+    # A terminal or file that cannot show a character gets U+FFFD rather than a crash mid-text.
+    if hasattr(sys.stdout, "reconfigure"):  # a real text stream (not a test's capture)
+        sys.stdout.reconfigure(errors="replace")
     device = pick_device("auto")
     cfg, model, _ = load_run(args.run, device, warn=lambda m: print(m, file=sys.stderr))
     tok = run_tokenizer(args.run, cfg)
@@ -237,10 +246,15 @@ def cmd_export(args) -> int:
     from scratchllm.model.hf import require_transformers, to_hf
     from scratchllm.train.checkpoint import load_run, run_tokenizer
 
-    require_transformers()  # before any work: it is an optional dependency
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise UserError(f"{out} exists and is not an earlier export; pick another --out")
+    transformers = require_transformers()  # before any work: it is an optional dependency
+    out = Path(args.out).resolve()
+    if out == Path.cwd().resolve():
+        raise UserError("--out names the current folder, which the export would replace; give a new folder")
+    if out.exists() and not _is_earlier_export(out):
+        raise UserError(f"{args.out} exists and is not an earlier export (only those are replaced); "
+                        "pick another --out")
+    if getattr(args, "quiet", False):
+        transformers.utils.logging.disable_progress_bar()
     cfg, model, path = load_run(args.run, warn=lambda m: print(m, file=sys.stderr))
     try:
         tok = run_tokenizer(args.run, cfg)
@@ -255,7 +269,8 @@ def cmd_export(args) -> int:
         from transformers import PreTrainedTokenizerFast
 
         eot = next((s for s, i in tok.special_tokens.items() if i == tok.eot_id), None)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok.to_hf(), eos_token=eot, bos_token=eot)
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok.to_hf(), eos_token=eot, bos_token=eot,
+                                       model_max_length=cfg.model.block_size)
         fast.save_pretrained(tmp)
         note = "with tokenizer files"
     if out.exists():
@@ -264,6 +279,31 @@ def cmd_export(args) -> int:
     print(f"wrote {out} ({path.name}, {note}); load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
+
+
+# What `export` writes (transformers' file names); a folder holding only these may be replaced.
+_EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+
+
+def _is_earlier_export(folder) -> bool:
+    """Whether folder is empty or holds only what `export` writes, with a GPT-2 config."""
+    import json
+    import re
+
+    entries = list(folder.iterdir()) if folder.is_dir() else None
+    if entries is None:
+        return False
+    if not entries:
+        return True
+    names = {p.name for p in entries if p.is_file()}
+    shards = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+    if len(names) != len(entries) or any(n not in _EXPORT_FILES and not shards.fullmatch(n) for n in names):
+        return False
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") == "gpt2"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def cmd_demo(args) -> int:
@@ -333,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", default=None, help="a `download` output folder")
     p.add_argument("--tokenizer", required=True,
                    help="a tokenizer folder, or a pretrained name: gpt2, cl100k_base, o200k_base")
-    p.add_argument("--out", required=True, help="folder for train.bin, val.bin, meta.json")
+    p.add_argument("--out", required=True, help="folder for train.bin, val.bin, meta.json, tokenizer.json")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--val-docs", type=int, default=None, help="last N documents go to val.bin")
     split.add_argument("--val-fraction", type=float, default=None,
@@ -366,11 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("generate", cmd_generate, "generate text from a trained run")
     p.add_argument("--run", required=True, help="run folder")
     p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=200,
+                   help="tokens to add at most; stops early at <|endoftext|> (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="divides the logits; 0 means greedy, higher is more random (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=50,
+                   help="sample among the k likeliest tokens; 0 turns it off (default: 50)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="sample among the likeliest tokens whose probability reaches p (default: 1, off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
     p.add_argument("--no-cache", action="store_true", help="recompute attention without a KV cache")
 
     p = add("export", cmd_export, "write a run's model in another format")

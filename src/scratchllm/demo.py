@@ -1,6 +1,6 @@
 """`scratchllm demo`: the four stages on the complete works of Shakespeare, in minutes on a laptop CPU.
 
-1. data: download the corpus into shards, learn a 4,096-token BPE on the training plays, write
+1. data: download the corpus into shards, learn a 4,096-token BPE on the training texts, write
    train.bin and val.bin (validation = the last three plays, whole);
 2. attention: the library's `MultiHeadAttention` is run both ways, its explicit path (scores,
    causal mask, softmax, weighted sum) against the fused `scaled_dot_product_attention` path;

@@ -2,7 +2,7 @@
 
 Header: 256 little-endian int32 values, `[magic, version, n_tokens, 0, ...]`.
 uint16 tokens use magic 20240520 and version 1 (llm.c's GPT-2 shards, modded-nanogpt's FineWeb
-shards); uint32 tokens, needed once the vocabulary passes 65,535, use magic 20240801 and version 7.
+shards); uint32 tokens, needed once the vocabulary passes 65,536, use magic 20240801 and version 7.
 The tokens follow immediately, little-endian, with nothing after them, so the file size alone says
 whether a file was cut short.
 """

@@ -120,6 +120,8 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, return_weights: bool = False, use_sdpa: bool = True):
         B, T, _ = x.shape
+        if T > self.mask.size(0):  # both paths refuse alike, though SDPA would not need the mask
+            raise ValueError(f"{T} tokens exceed context_length {self.mask.size(0)}")
         q, k, v = self.qkv(x).split(self.d_out, dim=-1)
         # (B, T, d_out) -> (B, heads, T, head_dim): each head attends in its own subspace.
         q, k, v = (t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))

@@ -49,7 +49,7 @@ class SplitRowProducts(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.linear and self.parts > 1:
+        if func is F.linear and self.parts > 1 and len(args) >= 2:
             x, weight = args[0], args[1]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             if (x.device.type == "cpu" and x.numel() == x.size(-1) and weight.size(0) >= 4 * self.parts

@@ -62,8 +62,10 @@ class GPTConfig:
                 raise UserError(f"model.{name} must be a positive integer")
         if self.n_embd % self.n_head:
             raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
-        if self.pos in ("rope", "sinusoidal") and (self.n_embd // self.n_head) % 2:
-            raise UserError(f"pos={self.pos} needs an even head size, not {self.n_embd // self.n_head}")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:  # rotates pairs within each head
+            raise UserError(f"pos=rope needs an even head size, not {self.n_embd // self.n_head}")
+        if self.pos == "sinusoidal" and self.n_embd % 2:  # sine and cosine pairs across the embedding
+            raise UserError(f"pos=sinusoidal needs an even n_embd, not {self.n_embd}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model.dropout must be in [0, 1), not {self.dropout}")
 
@@ -371,7 +373,11 @@ def sample(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None, genera
     """One token id per row of logits (B, V): greedy at temperature 0, else top-k / nucleus sampling."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    if top_k is not None and top_k < 1 or top_p is not None and not 0 < top_p <= 1 or not temperature > 0:
+        raise ValueError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1 (got {temperature}, {top_k}, "
+                         f"{top_p})")
+    # Shifted so the largest is 0 first: a tiny temperature then sends the others to -inf, not to inf - inf.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -2,9 +2,10 @@
 
 The parameter names are the same on both sides; the one real difference is that GPT-2's
 original code stores its projections as `Conv1D` with weights (in, out), the transpose of
-`nn.Linear`'s (out, in). A padded vocabulary is cut back to `vocab_size` rows on export and padded
-again on import. Only the GPT-2 architecture converts: learned positions, LayerNorm, GELU (tanh)
-MLP, no QK-norm. A model without biases converts too (with zero biases), but not back.
+`nn.Linear`'s (out, in). A padded vocabulary is cut back to `vocab_size` rows on export, and padded
+again on import when `from_hf(..., pad_vocab_multiple=N)` asks for it. Only the GPT-2 architecture
+converts: learned positions, LayerNorm, GELU (tanh) MLP, no QK-norm. A model without biases
+converts too (with zero biases), but not back.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def to_hf(model: GPT, eos_token_id: int | None = None):
                 raise RuntimeError(f"no counterpart for transformers parameter {name}")
     if c.tie_embeddings:
         hf.tie_weights()
-    return hf.to(next(model.parameters()).device).eval()
+    first = next(model.parameters())
+    return hf.to(device=first.device, dtype=first.dtype).eval()
 
 
 def from_hf(hf_model, pad_vocab_multiple: int = 1) -> GPT:
@@ -70,6 +72,8 @@ def from_hf(hf_model, pad_vocab_multiple: int = 1) -> GPT:
     if getattr(hc, "model_type", None) != "gpt2":
         kind = getattr(hc, "model_type", type(hf_model).__name__)
         raise UserError(f"from_hf reads GPT-2 models, not {kind!r}")
+    if not hasattr(hf_model, "lm_head"):  # GPT2Model is GPT-2 without its head
+        raise UserError(f"from_hf needs a GPT2LMHeadModel (with its head), not {type(hf_model).__name__}")
     problems = []
     if hc.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
         problems.append(f"activation {hc.activation_function!r}")
@@ -85,7 +89,8 @@ def from_hf(hf_model, pad_vocab_multiple: int = 1) -> GPT:
                        n_head=hc.n_head, n_embd=hc.n_embd, dropout=hc.resid_pdrop,
                        tie_embeddings=bool(getattr(hc, "tie_word_embeddings", True)),
                        pad_vocab_multiple=pad_vocab_multiple)
-    device = next(hf_model.parameters()).device
+    first = next(hf_model.parameters())
+    device = first.device
     with torch.device("meta"):  # every weight is overwritten below: skip the random initialisation
         model = GPT(config)
     model.to_empty(device=device)  # GPT-2 has no buffers, so nothing is left uninitialised
@@ -102,4 +107,4 @@ def from_hf(hf_model, pad_vocab_multiple: int = 1) -> GPT:
                 p[config.vocab_size:].zero_()  # padding rows: never read by the logits we return
             else:
                 p.copy_(src)
-    return model.eval()  # as to_hf: dropout off until the caller asks for training
+    return model.to(first.dtype).eval()  # as to_hf: same dtype, dropout off until training asks

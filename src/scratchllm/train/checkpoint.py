@@ -4,7 +4,8 @@
 `torch.load(weights_only=True)`) and `state.json` (step, RNG states, loader cursor, grad scaler,
 sizes and SHA-256 of the other two files). A checkpoint is built in a hidden temporary folder and
 renamed into place, and `state.json` is written last, so a crash leaves either a whole checkpoint or
-none. A checkpoint whose files do not match `state.json` is skipped with a warning.
+none. A checkpoint whose files do not match `state.json` is skipped with a warning; on `--resume`
+the trainer renames newer broken ones `broken_step_N` and refuses when none is usable.
 """
 
 from __future__ import annotations
