@@ -112,3 +112,19 @@ def test_compile_without_a_working_compiler_warns_and_trains_eagerly(tmp_path, c
     assert len(warnings) == 1 and "training without it" in warnings[0], r.stderr
     train(_cfg(train__max_steps=3, train__eval_every=100), data, tmp_path / "eager", quiet=True)
     assert losses(tmp_path / "c") == losses(tmp_path / "eager")  # the eager path, exactly
+
+
+def test_device_names_are_checked(monkeypatch):
+    import torch
+
+    from scratchllm.train.distributed import pick_device
+    from scratchllm.util import UserError
+
+    assert pick_device("cpu").type == "cpu"
+    with pytest.raises(UserError, match="train.device"):
+        pick_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(UserError, match="cuda:5 but this machine has 1 GPU"):
+        pick_device("cuda:5")

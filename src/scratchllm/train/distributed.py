@@ -96,6 +96,8 @@ def pick_device(name: str = "auto") -> torch.device:
             raise UserError(f"train.device: {e}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UserError("train.device is cuda but no CUDA GPU is available (use auto or cpu)")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"train.device is {name} but this machine has {torch.cuda.device_count()} GPU(s)")
         if device.type == "mps" and not torch.backends.mps.is_available():
             raise UserError("train.device is mps but Apple MPS is not available (use auto or cpu)")
         return device
