@@ -85,6 +85,7 @@ def test_max_bytes_cuts_the_last_text():
     assert count_chunks(["abc", "defgh"], "gpt4", max_bytes=5) == Counter({b"abc": 1, b"de": 1})
     assert count_chunks(["a\u00e9b"], "gpt4", max_bytes=2) == Counter({b"a": 1})  # half an é is dropped
     assert count_chunks(["abc"], "gpt4", max_bytes=0) == Counter()
+    assert count_chunks(["a\u00e9b", "xyz"], "gpt4", max_bytes=2) == Counter({b"a": 1})  # and no more
     docs = CORPUS.splitlines(keepends=True)
     assert sum(len(c) * n for c, n in count_chunks(docs, max_bytes=1000).items()) == 1000
 

@@ -26,6 +26,12 @@ def test_split_linear_equals_linear(parts, rows, x_shape, with_bias):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-6)
 
 
+@pytest.fixture(autouse=True)
+def split_small_matrices_too(monkeypatch):
+    """The test models are small; let their products be split like a real model's."""
+    monkeypatch.setattr(decode, "MIN_SPLIT_WEIGHTS", 0)
+
+
 @pytest.fixture
 def routed(monkeypatch):
     """Counts the calls that SplitRowProducts sends to split_linear."""
@@ -54,6 +60,26 @@ def test_mode_routes_only_one_row_products_without_grad(routed):
     assert routed == [(1, 1, 16)]
 
 
+def test_small_matrices_are_not_split(routed, monkeypatch):
+    monkeypatch.setattr(decode, "MIN_SPLIT_WEIGHTS", 1 << 17)
+    with decode.SplitRowProducts(parts=2), torch.no_grad():
+        torch.nn.Linear(256, 256)(torch.randn(1, 256))  # 65,536 weights: cached, left whole
+        torch.nn.Linear(256, 1024)(torch.randn(1, 256))  # 262,144 weights: split
+    assert routed == [(1, 256)]
+
+
+def test_one_thread_generates_without_the_mode(monkeypatch):
+    entered = []
+    monkeypatch.setattr(gpt, "SplitRowProducts", lambda: entered.append(1) or nullcontext())
+    model = GPT(GPTConfig(vocab_size=97, block_size=16, n_layer=1, n_head=2, n_embd=32)).eval()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    model.generate(torch.zeros(1, 1, dtype=torch.long), 3, temperature=0)
+    assert entered == []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    model.generate(torch.zeros(1, 1, dtype=torch.long), 3, temperature=0)
+    assert entered == [1]
+
+
 def test_keyword_calls_pass_through(routed):
     layer = torch.nn.Linear(16, 64)
     x = torch.randn(1, 16)
@@ -75,6 +101,7 @@ def test_generate_uses_split_products_and_keeps_the_tokens(monkeypatch):
     real_split, calls = decode.split_linear, []
     monkeypatch.setattr(decode, "split_linear", lambda *args: (calls.append(1), real_split(*args))[1])
     monkeypatch.setattr(gpt, "SplitRowProducts", partial(decode.SplitRowProducts, parts=3))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
     split = model.generate(prompt, 30, temperature=0)  # runs past the 16-token context
     monkeypatch.setattr(gpt, "SplitRowProducts", nullcontext)
     plain = model.generate(prompt, 30, temperature=0)

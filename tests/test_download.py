@@ -264,6 +264,42 @@ def test_keep_columns_have_the_source_type_in_every_shard(tmp_path):
     assert estimate(open_source(f"parquet:{out}"), 10_000).source_total_docs == 600
 
 
+def test_a_column_named_twice_is_kept_once(corpus, tmp_path):
+    spec, _ = corpus
+    m = download(open_source(spec), 20_000, tmp_path / "k", min_free=0, keep_columns=["url", "url"],
+                 progress=False, log=_quiet)
+    assert m["keep_columns"] == ["url"]
+    assert pq.read_table(tmp_path / "k" / "shard_000000.parquet").column_names == ["id", "text", "url"]
+
+
+def test_a_download_that_another_one_changed_meanwhile_touches_nothing(corpus, tmp_path):
+    spec, _ = corpus
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="disk guard"):
+        _small_download(spec, out, free_space=_trips_after(3))
+    done = tmp_path / "done"
+    _small_download(spec, done)
+
+    class FinishedMeanwhile:
+        """A source whose first read happens while another download completes the folder."""
+
+        def __init__(self):
+            self.inner = open_source(spec)
+            self.spec = self.inner.spec
+
+        def documents(self, start, state):
+            for f in done.iterdir():  # the other download's shards and manifest land
+                (out / f.name).write_bytes(f.read_bytes())
+            return self.inner.documents(start, state)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    with pytest.raises(UserError, match="another download changed"):
+        download(FinishedMeanwhile(), 50_000, out, shard_size=10_000, min_free=0, progress=False, log=_quiet)
+    assert _shards(out) == _shards(done) and _check_folder(out)["complete"]
+
+
 def _small_download(spec, out, **kw):
     """About 5 shards of the corpus, quietly."""
     return download(open_source(spec), 50_000, out, shard_size=10_000, min_free=0, progress=False,

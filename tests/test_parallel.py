@@ -57,3 +57,14 @@ def test_reads_at_most_two_items_per_worker_ahead():
 def test_a_dead_worker_raises_instead_of_hanging():
     with pytest.raises(UserError, match="worker process died"):
         list(ordered_map(die_on_five, range(20), workers=2))
+
+
+def fail_to_start():
+    raise ValueError("bad set-up")
+
+
+def test_a_failing_set_up_is_named_as_such():
+    with pytest.raises(UserError, match="failed to start; run with --workers 1"):
+        list(ordered_map(square, range(5), workers=2, initializer=fail_to_start))
+    with pytest.raises(ValueError, match="bad set-up"):  # one process shows the real error
+        list(ordered_map(square, range(5), workers=1, initializer=fail_to_start))

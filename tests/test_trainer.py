@@ -128,3 +128,16 @@ def test_device_names_are_checked(monkeypatch):
     assert pick_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(UserError, match="cuda:5 but this machine has 1 GPU"):
         pick_device("cuda:5")
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    import signal
+
+    from scratchllm.train.trainer import _StopSignals
+
+    with _StopSignals() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.received == "SIGINT"  # the first only asks for a stop at the end of the step
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

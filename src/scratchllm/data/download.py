@@ -220,7 +220,7 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
              free_space: Callable[[Path], int] = disk_free, log: Callable[[str], None] = print) -> dict:
     """Save documents of `source` into parquet shards in `out` until `target_bytes` of text; resumable."""
     out = Path(out)
-    keep_columns = list(keep_columns)
+    keep_columns = list(dict.fromkeys(keep_columns))  # a column named twice is kept once
     if target_bytes <= 0:
         raise UserError("--target must be larger than 0")
     if shard_size <= 0:
@@ -229,6 +229,7 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
     if bad:
         raise UserError(f"--keep-columns names extra columns; `id` and `text` are always kept (got {bad})")
 
+    seen = _manifest_bytes(out)
     manifest = _existing_manifest(out, source.spec, target_bytes, shard_size, keep_columns, log)
     if manifest and manifest["complete"]:
         log(f"{out} already holds the complete download: {len(manifest['shards'])} shards, "
@@ -268,6 +269,10 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
 
     out.mkdir(parents=True, exist_ok=True)
     with _Lock(out):
+        if _manifest_bytes(out) != seen:
+            # Another download wrote here while this one checked the shards: what was checked is stale.
+            docs.close()
+            raise UserError(f"another download changed {out} meanwhile; run the command again")
         for stale in out.glob(".*.tmp"):
             stale.unlink()  # a shard or manifest a killed run left half-written
         atomic_write_json(out / MANIFEST, manifest)
@@ -291,6 +296,13 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
     log(f"saved {len(shards)} shards, {manifest['docs']:,} documents, {format_size(manifest['bytes'])} "
         f"of text in {out}")
     return manifest
+
+
+def _manifest_bytes(out: Path) -> bytes | None:
+    try:
+        return (out / MANIFEST).read_bytes()
+    except OSError:
+        return None
 
 
 def _existing_manifest(out: Path, spec: str, target_bytes: int, shard_size: int, keep_columns: list[str],

@@ -40,6 +40,11 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return y.reshape(*x.shape[:-1], rows)
 
 
+# A small matrix is read in microseconds from the caches; splitting it only adds the batch's overhead
+# (a 256 x 256 product: 15 us split, 7 us whole).
+MIN_SPLIT_WEIGHTS = 1 << 17
+
+
 class SplitRowProducts(TorchFunctionMode):
     """While active, route one-row `F.linear` calls on the CPU through `split_linear`."""
 
@@ -52,7 +57,8 @@ class SplitRowProducts(TorchFunctionMode):
         if func is F.linear and self.parts > 1 and len(args) >= 2:
             x, weight = args[0], args[1]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if (x.device.type == "cpu" and x.numel() == x.size(-1) and weight.size(0) >= 4 * self.parts
+            if (x.device.type == "cpu" and x.numel() == x.size(-1) and weight.numel() >= MIN_SPLIT_WEIGHTS
+                    and weight.size(0) >= 4 * self.parts
                     and x.dtype == weight.dtype and not torch.is_grad_enabled()
                     and not torch.is_autocast_enabled("cpu")):
                 return split_linear(x, weight, bias, self.parts)

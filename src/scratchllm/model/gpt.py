@@ -337,7 +337,8 @@ class GPT(nn.Module):
         self.eval()  # dropout off: generation must be a function of the weights only
         # One-row products (each cached step, and the head) are matrix-vector products; on the CPU
         # decode.py spreads them over all cores.
-        fast_steps = SplitRowProducts() if idx.device.type == "cpu" else nullcontext()
+        cpu_cores = idx.device.type == "cpu" and torch.get_num_threads() > 1
+        fast_steps = SplitRowProducts() if cpu_cores else nullcontext()
         try:
             with fast_steps:
                 block = self.config.block_size

@@ -78,13 +78,14 @@ def _text_batches(texts: Iterable[str], max_bytes: int | None, batch_bytes: int)
         if max_bytes is not None and seen >= max_bytes:
             break
         data = text.encode("utf-8", errors="surrogatepass")
-        if max_bytes is not None and seen + len(data) > max_bytes:
+        last = max_bytes is not None and seen + len(data) > max_bytes
+        if last:
             # Cut the last text to the budget, dropping a character the cut splits.
             text = data[:max_bytes - seen].decode("utf-8", errors="ignore")
             data = text.encode("utf-8")
         batch.append(text)
         size += len(data)
-        seen += len(data)
+        seen = max_bytes if last else seen + len(data)  # the cut text is the last, even if a byte short
         if size >= batch_bytes:
             yield batch
             batch, size = [], 0

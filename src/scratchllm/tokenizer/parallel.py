@@ -45,7 +45,10 @@ def ordered_map(fn: Callable, items: Iterable, workers: int = 1, initializer: Ca
     done = False
     try:
         # Start the workers before the first item is read, so no reader thread is alive at fork time.
-        pool.submit(os.getpid).result()
+        try:
+            pool.submit(os.getpid).result()
+        except BrokenProcessPool:
+            raise UserError("the worker processes failed to start; run with --workers 1 to see why") from None
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))

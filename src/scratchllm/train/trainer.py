@@ -191,7 +191,10 @@ def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist, warn) -> tuple[Path,
 
 
 class _StopSignals:
-    """SIGINT/SIGTERM only set a flag: the current step finishes, a checkpoint is saved, exit 0."""
+    """SIGINT/SIGTERM set a flag: the current step finishes, a checkpoint is saved, exit 0.
+
+    A second signal acts as it would without this handler (Ctrl-C twice stops at once, unsaved).
+    """
 
     def __init__(self):
         self.received = None
@@ -206,6 +209,10 @@ class _StopSignals:
         return self
 
     def _handle(self, signum, frame):
+        if self.received is not None:
+            signal.signal(signum, self._old[signum])
+            signal.raise_signal(signum)
+            return
         self.received = signal.Signals(signum).name
 
     def __exit__(self, *exc):
