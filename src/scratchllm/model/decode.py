@@ -10,7 +10,7 @@ about 13 GB/s on the AMD EPYC behind the README's figures, however many threads 
 rows into one block per thread and multiplies the blocks as a batch with `torch.bmm`, which PyTorch
 runs one block per core. Each output is still one dot product of a weight row with the input, so
 the results are `F.linear`'s up to the order of float additions; only which core reads which rows
-changes. On those 2 cores cached decoding of gpt2-124m gets 1.7x faster (`benchmarks/generate.py`).
+changes. On those 2 cores cached decoding of gpt2-124m gets 1.6-1.7x faster (`benchmarks/generate.py`).
 
 `SplitRowProducts` applies it inside `GPT.generate` without touching the model's code: while the
 mode is active, every `F.linear` on a single row goes through `split_linear`, everything else (the
