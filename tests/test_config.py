@@ -1,5 +1,7 @@
 """The run config: presets, TOML round trip, `--set` overrides with type checks."""
 
+from pathlib import Path
+
 import pytest
 
 from scratchllm import config as C
@@ -85,3 +87,24 @@ def test_train_config_defaults_validate():
     TrainConfig().validate()
     with pytest.raises(UserError, match="min_lr"):
         TrainConfig(lr=1e-4, min_lr=1e-3).validate()
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load_and_both_readers_agree(path):
+    cfg = build_config(None, path)  # every key known, every value valid
+    text = path.read_text()
+    assert C._read_flat_toml(text) == tomllib.loads(text)
+    assert cfg.explicit >= {f"{section}.{key}" for section, keys in tomllib.loads(text).items()
+                            for key in keys}
+
+
+def test_gpt2_fineweb_config_is_half_a_million_tokens_a_step_for_10b_tokens():
+    cfg = build_config(None, CONFIG_DIR / "gpt2-124m-fineweb.toml")
+    tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum
+    assert tokens_per_step == 2**19
+    assert abs(cfg.train.max_steps * tokens_per_step - 10e9) < tokens_per_step
+    assert cfg.model.padded_vocab_size == 50304 and cfg.train.compile
