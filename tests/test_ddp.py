@@ -37,3 +37,34 @@ def test_torchrun_two_ranks_equal_one_process_with_grad_accum_2(tmp_path, cli_en
     # rank 0 alone wrote the run: one metrics file with each line once, checkpoints from one process
     assert sorted(p.name for p in (tmp_path / "two" / "ckpt").iterdir()) == ["step_10", "step_5"]
     assert ddp.stdout.count("val loss") == 1
+
+
+def test_a_data_error_on_one_rank_stops_every_rank():
+    from scratchllm.train.distributed import Dist
+    from scratchllm.util import UserError
+
+    class TwoRanks(Dist):
+        """Rank 0 of a two-process job whose rank 1 reports `other`."""
+
+        def __init__(self, other):
+            super().__init__(rank=0, world_size=2)
+            self.other = other
+
+        @property
+        def enabled(self):
+            return True
+
+        def gather(self, obj):
+            return [obj, self.other]
+
+    assert TwoRanks(None).on_every_rank(lambda: 7) == 7
+    with pytest.raises(UserError, match="rank 1: val.bin is missing"):
+        TwoRanks("rank 1: val.bin is missing").on_every_rank(lambda: 7)  # fine here, not there
+
+    def missing():
+        raise UserError("train.bin is missing")
+
+    with pytest.raises(UserError, match="rank 0: train.bin is missing"):
+        TwoRanks(None).on_every_rank(missing)
+    with pytest.raises(UserError, match="^train.bin is missing$"):
+        Dist().on_every_rank(missing)  # one process: the error as it is

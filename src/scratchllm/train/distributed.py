@@ -57,6 +57,22 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
+    def on_every_rank(self, fn):
+        """fn()'s result; a UserError on any rank is raised on every rank, so none waits in a collective."""
+        from scratchllm.util import UserError
+
+        if not self.enabled:
+            return fn()
+        result, problem = None, None
+        try:
+            result = fn()
+        except UserError as e:
+            problem = f"rank {self.rank}: {e}"
+        problems = [p for p in self.gather(problem) if p]
+        if problems:
+            raise UserError(problems[0])
+        return result
+
     def barrier(self) -> None:
         """Wait for all ranks."""
         if self.enabled:

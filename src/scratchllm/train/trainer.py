@@ -240,7 +240,8 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
     warn = (lambda msg: print(msg, file=sys.stderr)) if dist.main else (lambda msg: None)
     ckpt_dir = out / "ckpt"
     found = _resume_point(ckpt_dir, resume, dist, warn)
-    meta, train_tokens, val_tokens, cfg = open_data(data_dir, cfg)
+    # Ranks on machines without a shared filesystem may see different data folders.
+    meta, train_tokens, val_tokens, cfg = dist.on_every_rank(lambda: open_data(data_dir, cfg))
     tc, T = cfg.train, cfg.model.block_size
     cfg = replace(cfg, train=replace(tc, data=str(data_dir.resolve())))
     if device.type == "cuda":  # TF32 only touches float32 matmuls on GPUs; CPU float32 stays exact
