@@ -6,7 +6,7 @@
 #      to show the trainer's own tokens/s and MFU in its metrics.
 # Run from the repository root:  PYTHONPATH=src bash benchmarks/gpu.sh
 set -euo pipefail
-export PYTHONPATH="${PYTHONPATH:-src}"
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -38,10 +38,13 @@ timeout 100 "$PY" -m scratchllm train --data "$WORK/data" --out "$WORK/run" --pr
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"tok_per_s"' in l]
 from scratchllm.model.gpt import GPT, GPTConfig
+from scratchllm.train.trainer import peak_flops
 import torch
+peak = peak_flops(torch.cuda.get_device_name()) or 989e12
 with torch.device("meta"):
     model = GPT(GPTConfig.preset("gpt2-124m", pad_vocab_multiple=64))
 for r in rows[1:]:  # the first interval includes start-up
     print(f"trainer step {r['step']}: {r['tok_per_s']:,.0f} tokens/s, "
-          f"MFU {100 * model.estimate_mfu(r['tok_per_s'], 989e12):.1f}% of 989 TFLOP/s, loss {r['loss']:.3f}")
+          f"MFU {100 * model.estimate_mfu(r['tok_per_s'], peak):.1f}% of {peak / 1e12:.0f} TFLOP/s, "
+          f"loss {r['loss']:.3f}")
 PY

@@ -1,8 +1,9 @@
 """GPT-2 124M training throughput on one CUDA GPU: bf16 autocast, flash attention, eager and compiled.
 
-Synthetic tokens (no dataset needed). Prints tokens/s and MFU against a dense bf16 peak (H100 SXM:
-989 TFLOP/s), the compile speed-up measured in the same run, and checks that the bf16 loss at
-step 0 matches the float32 loss. Run through `benchmarks/gpu.sh`.
+Synthetic tokens (no dataset needed). Prints tokens/s and MFU against the GPU's dense bf16 peak
+(from its name, e.g. H100 SXM 989 TFLOP/s; or --peak), the compile speed-up measured in the same
+run, and checks that the bf16 loss at step 0 matches the true float32 loss (exit status 1 if not).
+Run through `benchmarks/gpu.sh`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from scratchllm.config import TrainConfig
 from scratchllm.model.gpt import GPT, GPTConfig
-from scratchllm.train.trainer import autocast, make_optimizer
+from scratchllm.train.trainer import autocast, make_optimizer, peak_flops
 
 
 def measure(model, opt, batches, steps: int, warmup: int) -> tuple[float, float]:
@@ -43,13 +44,13 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--peak", type=float, default=989e12, help="dense bf16 FLOP/s of the GPU")
+    p.add_argument("--peak", type=float, default=None,
+                   help="dense bf16 FLOP/s of the GPU (default: from its name, else the H100 SXM's 989e12)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA GPU: this benchmark is for a GPU machine")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
     dev = torch.device("cuda")
+    args.peak = args.peak or peak_flops(torch.cuda.get_device_name(dev)) or 989e12
     cfg = GPTConfig.preset("gpt2-124m", pad_vocab_multiple=64)  # 50304 rows: tensor-core friendly
     B, T = args.batch, cfg.block_size
     print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}; gpt2-124m, context {T}, "
@@ -61,12 +62,16 @@ def main() -> None:
     torch.manual_seed(0)
     model = GPT(cfg).to(dev)
     with torch.no_grad():  # bf16 autocast must not change what the model computes, beyond rounding
-        _, l32 = model(*batches[0])
+        _, l32 = model(*batches[0])  # TF32 is still off here: this is true float32
         with autocast(dev, "bfloat16"):
             _, l16 = model(*batches[0])
     ok = abs(l32.item() - l16.item()) < 0.02
     print(f"step-0 loss: float32 {l32.item():.5f}, bf16 autocast {l16.item():.5f}, "
           f"|diff| {abs(l32.item() - l16.item()):.5f} -> {'OK' if ok else 'MISMATCH'} (tolerance 0.02)")
+    if not ok:
+        sys.exit(1)
+    torch.backends.cuda.matmul.allow_tf32 = True  # as the trainer: for any float32 matmul left
+    torch.backends.cudnn.allow_tf32 = True
 
     results = {}
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # fail loudly if flash attention cannot run
@@ -85,7 +90,7 @@ def main() -> None:
     for name, (rate, loss) in results.items():
         mfu = model.estimate_mfu(rate, args.peak)
         print(f"{name:>9}: {rate:>10,.0f} tokens/s, MFU {100 * mfu:5.1f}% of {args.peak / 1e12:.0f} TFLOP/s "
-              f"(loss after {args.steps + 3} steps {loss:.3f})")
+              f"(last loss {loss:.3f})")
     print(f"compile speed-up: {results['compiled'][0] / results['eager'][0]:.2f}x; "
           f"{model.flops_per_token() / 1e6:.0f} MFLOP/token; peak memory {mem:.1f} GiB")
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -49,8 +50,12 @@ class Stepper:
 
     def loss(self, x, y):
         with autocast(self.device, self.dtype):
-            out = self.model(x, labels=y) if self.name.startswith("transformers") else self.model(x, y)
-        return out.loss if hasattr(out, "loss") else out[1]
+            if self.name.startswith("transformers"):
+                # The same loss as ours, on the same targets: passed as `labels`, y would be shifted
+                # a second time inside transformers.
+                logits = self.model(x).logits
+                return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+            return self.model(x, y)[1]
 
     def step(self):
         x, y = self.batches[self.i % len(self.batches)]
@@ -99,6 +104,8 @@ def main() -> None:
     with torch.no_grad():  # same weights, same loss: the comparison is fair
         a, b = (r.loss(*batches[0]).item() for r in runners)
     print(f"step-0 loss: scratchllm {a:.5f}, transformers {b:.5f}")
+    if abs(a - b) > 1e-2:  # bf16 rounding differs between the two; a wrong target would not be close
+        sys.exit(f"the two models disagree at step 0 ({a:.5f} vs {b:.5f}): the comparison would be unfair")
     if not args.no_compile:
         torch.manual_seed(0)
         compiled = torch.compile(GPT(cfg).to(device))

@@ -91,6 +91,7 @@ def test_peak_flops_matches_whole_gpu_names():
     assert peak_flops("NVIDIA L40") == PEAK_FLOPS["L40"]
     assert peak_flops("NVIDIA A100-SXM4-80GB") == PEAK_FLOPS["A100"]
     assert peak_flops("NVIDIA H100 80GB HBM3") == PEAK_FLOPS["H100"]
+    assert peak_flops("NVIDIA H100 PCIe") == PEAK_FLOPS["H100 PCIE"] < PEAK_FLOPS["H100"]
     assert peak_flops("NVIDIA GeForce RTX 4090") == PEAK_FLOPS["4090"]
     assert peak_flops("NVIDIA GeForce RTX 3060") is None
 

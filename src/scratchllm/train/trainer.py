@@ -30,14 +30,15 @@ from scratchllm.train.metrics import MetricsLog, sample_entry, split_bits_per_by
 from scratchllm.util import UserError
 
 # Dense bf16 peak of GPUs, for MFU in the progress bar (CPUs: measure it, see benchmarks/).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12,
-              "4090": 165e12}
+# Dense bf16 FLOP/s; the first entry whose words are all in the device name wins.
+PEAK_FLOPS = {"H100 PCIE": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12,
+              "L40": 181e12, "L4": 121e12, "4090": 165e12}
 
 
 def peak_flops(device_name: str) -> float | None:
     """The dense bf16 peak of a GPU named like 'NVIDIA L40S', matched word by word (an L40S is no L4)."""
     words = set(re.split(r"[\s\-_]+", device_name.upper()))
-    return next((v for k, v in PEAK_FLOPS.items() if k in words), None)
+    return next((v for k, v in PEAK_FLOPS.items() if set(k.split()) <= words), None)
 
 
 def compile_problem(device: torch.device) -> str | None:
