@@ -65,9 +65,6 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
-_REFETCH = "re-run the same `scratchllm download` command, which downloads it again"
-
-
 def shard_damage(path: Path, entry: dict) -> str | None:
     """Why the file at `path` is not the shard its manifest entry describes (size, sha256); None if it is."""
     if not path.is_file():
@@ -89,7 +86,8 @@ def read_shard(folder: str | Path, entry: dict, columns: list[str] | None = None
     why = shard_damage(path, entry)
     if why:
         # Parquet's own checks miss much of what a flipped byte does: text would change unnoticed.
-        fix = ("delete it and " if path.is_file() else "") + _REFETCH
+        fix = (("delete it and " if path.is_file() else "")
+               + "re-run the same `scratchllm download` command, which downloads it again")
         raise UserError(f"{path} {why}; {fix}")
     try:
         pf = pq.ParquetFile(path)
@@ -125,19 +123,19 @@ def shard_schema(source: Source, keep_columns: list[str]):
                      + [(name, types[name]) for name in keep_columns if name in types])
 
 
-def _write_shard(path: Path, docs: list[Document], keep_columns: list[str], schema=None) -> tuple[str, int]:
-    """Write docs as parquet atomically; return (sha256, file size) of what landed on disk."""
+def _write_shard(path: Path, docs: list[Document], keep_columns: list[str], schema) -> tuple[str, int]:
+    """Write docs as parquet atomically, typed by `schema`; return (sha256, file size) of what landed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    names = ["id", "text", *keep_columns]
-    values = [[d.id for d in docs], [d.text for d in docs]]
-    values += [[d.extra.get(name) for d in docs] for name in keep_columns]
+    columns = {"id": [d.id for d in docs], "text": [d.text for d in docs]}
+    for name in keep_columns:
+        columns[name] = [d.extra.get(name) for d in docs]
     arrays = []
-    for name, column in zip(names, values, strict=True):
+    for name, column in columns.items():
         # One type in every shard: inferred shard by shard, a column that is null at first would be
         # typed null in the first shards and double later, and the folder could not be read as one table.
-        typ = schema.field(name).type if schema is not None and name in schema.names else None
+        typ = schema.field(name).type if name in schema.names else None
         try:
             arrays.append(pa.array(column, type=typ))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
@@ -145,7 +143,7 @@ def _write_shard(path: Path, docs: list[Document], keep_columns: list[str], sche
                             f"{f' as {typ}' if typ is not None else ''}: {one_line(e)}") from e
     with atomic_path(path) as tmp:
         # zstd packs English text about 2.5-3x; every parquet reader (pyarrow, datasets, duckdb) knows it.
-        pq.write_table(pa.Table.from_arrays(arrays, names=names), tmp, compression="zstd")
+        pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), tmp, compression="zstd")
         digest, size = sha256_file(tmp), tmp.stat().st_size
     return digest, size
 

@@ -153,9 +153,9 @@ def latest_checkpoint(ckpt_dir: str | Path, warn=print) -> tuple[Path, dict] | N
 
 def set_aside_newer(ckpt_dir: str | Path, kept: Path) -> list[Path]:
     """Rename checkpoints newer than `kept` to broken_step_N (kept for a look, never listed); return them."""
-    moved = []
+    moved, last_good = [], _step_of(Path(kept))
     for path in list_checkpoints(ckpt_dir):
-        if _step_of(path) > _step_of(Path(kept)):
+        if _step_of(path) > last_good:
             target = path.with_name(f"broken_{path.name}")
             n = 1
             while target.exists():

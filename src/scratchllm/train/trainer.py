@@ -29,8 +29,8 @@ from scratchllm.train.loader import TokenLoader, eval_batches
 from scratchllm.train.metrics import MetricsLog, sample_entry, split_bits_per_byte, truncate_samples
 from scratchllm.util import UserError
 
-# Dense bf16 peak of GPUs, for MFU in the progress bar (CPUs: measure it, see benchmarks/).
-# Dense bf16 FLOP/s; the first entry whose words are all in the device name wins.
+# Dense bf16 peak of GPUs, for MFU in the progress bar (CPUs: measure it, see benchmarks/); the first
+# entry whose words are all in the device name wins.
 PEAK_FLOPS = {"H100 PCIE": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12,
               "L40": 181e12, "L4": 121e12, "4090": 165e12}
 
@@ -178,17 +178,17 @@ def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist, warn) -> tuple[Path,
         if resume:
             warn(f"note: no checkpoint in {ckpt_dir} to resume from; starting from step 0")
         return None
-    problem = None
-    if found is None:
+
+    def verified():
+        if found is not None:  # rank 0 checked its copy when it chose
+            return found
         try:
-            found = ckpt_dir / name, ckpt.verify(ckpt_dir / name)
+            return ckpt_dir / name, ckpt.verify(ckpt_dir / name)
         except ValueError as e:
-            problem = f"rank {dist.rank}: {e}"
-    problems = [p for p in dist.gather(problem) if p]  # every rank raises, none waits forever
-    if problems:
-        raise UserError(f"{ckpt_dir / name}, chosen by rank 0, is not usable on every rank ({problems[0]}); "
-                        "all ranks must see the same checkpoint folder (a shared filesystem)")
-    return found
+            raise UserError(f"{ckpt_dir / name}, chosen by rank 0, is not usable here ({e}); all ranks must "
+                            "see the same checkpoint folder (a shared filesystem)") from None
+
+    return dist.on_every_rank(verified)  # every rank raises, none waits forever
 
 
 class _StopSignals:
@@ -280,8 +280,9 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
         def scheduled(s):
             return s % tc.eval_every == 0 or s >= tc.max_steps
 
-        metrics.truncate_after(step if found is not None else -1, scheduled)
-        truncate_samples(out / "samples.txt", step if found is not None else -1, scheduled)
+        kept = step if found is not None else -1  # a fresh start keeps nothing of a run that died early
+        metrics.truncate_after(kept, scheduled)
+        truncate_samples(out / "samples.txt", kept, scheduled)
         cfg.save(out / "config.toml")
 
     compiled = tc.compile
