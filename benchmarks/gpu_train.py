@@ -17,7 +17,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from scratchllm.config import TrainConfig
 from scratchllm.model.gpt import GPT, GPTConfig
-from scratchllm.train.trainer import autocast, make_optimizer, peak_flops
+from scratchllm.train.precision import autocast
+from scratchllm.train.trainer import make_optimizer, peak_flops
 
 
 def measure(model, opt, batches, steps: int, warmup: int) -> tuple[float, float]:

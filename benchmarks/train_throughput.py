@@ -1,9 +1,10 @@
 """Training tokens/s of scratchllm's GPT against transformers' GPT2LMHeadModel, same config, same machine.
 
 Both models get the same weights (converted with `to_hf`), the same batches, the same AdamW
-(`make_optimizer`) and bfloat16 autocast; runs alternate in one process so machine noise hits both.
+(`make_optimizer`) and the precision `train.dtype=auto` picks here (bf16 autocast where the CPU has bf16
+instructions, else float32); runs alternate in one process so machine noise hits both.
 Prints the ratio (ours / transformers) eagerly and with `torch.compile` for ours, plus MFU against
-a bf16 matmul peak measured here.
+a matmul peak measured here in the same precision.
 
     python benchmarks/train_throughput.py [--rounds 4] [--steps 3] [--no-compile] [--device cpu]
 """
@@ -23,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from scratchllm.config import TrainConfig
 from scratchllm.model.gpt import GPT, GPTConfig
-from scratchllm.train.trainer import autocast, make_optimizer
+from scratchllm.train.precision import autocast, resolve
+from scratchllm.train.trainer import make_optimizer
 
 
 def matmul_peak(device, dtype=torch.bfloat16, n=2048, seconds=2.0) -> float:
@@ -87,8 +89,10 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = GPTConfig(vocab_size=8192, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.0, bias=True)
     B, T = args.batch, cfg.block_size
+    precision = resolve("auto", device)
+    dtype = precision.dtype
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; "
-          f"GPT 6x384, context {T}, vocab {cfg.vocab_size}, batch {B}, AdamW, bf16 autocast")
+          f"GPT 6x384, context {T}, vocab {cfg.vocab_size}, batch {B}, AdamW, {dtype} ({precision.reason})")
 
     torch.manual_seed(0)
     ours = GPT(cfg).to(device)
@@ -99,8 +103,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, cfg.vocab_size, (4, B, T + 1), generator=g).to(device)
     batches = [(d[:, :-1], d[:, 1:]) for d in data]
-    runners = [Stepper("scratchllm", ours, batches, device, "bfloat16"),
-               Stepper("transformers GPT2LMHeadModel", hf, batches, device, "bfloat16")]
+    runners = [Stepper("scratchllm", ours, batches, device, dtype),
+               Stepper("transformers GPT2LMHeadModel", hf, batches, device, dtype)]
     with torch.no_grad():  # same weights, same loss: the comparison is fair
         a, b = (r.loss(*batches[0]).item() for r in runners)
     print(f"step-0 loss: scratchllm {a:.5f}, transformers {b:.5f}")
@@ -109,7 +113,7 @@ def main() -> None:
     if not args.no_compile:
         torch.manual_seed(0)
         compiled = torch.compile(GPT(cfg).to(device))
-        runners.append(Stepper("scratchllm + torch.compile", compiled, batches, device, "bfloat16"))
+        runners.append(Stepper("scratchllm + torch.compile", compiled, batches, device, dtype))
         t0 = time.perf_counter()
         runners[-1].step()
         print(f"compile (first step): {time.perf_counter() - t0:.1f} s")
@@ -119,9 +123,9 @@ def main() -> None:
         for r in runners:
             r.timed(args.steps, B * T)
 
-    peak = matmul_peak(device)
+    peak = matmul_peak(device, precision.torch_dtype)
     base = statistics.median(runners[1].rates)
-    print(f"\nbf16 matmul peak measured here: {peak / 1e9:,.0f} GFLOP/s")
+    print(f"\n{dtype} matmul peak measured here: {peak / 1e9:,.0f} GFLOP/s")
     print(f"{'model':<30} {'tokens/s (median)':>18} {'vs transformers':>16} {'MFU':>7}")
     for r in runners:
         rate = statistics.median(r.rates)

@@ -22,7 +22,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the small reader below covers the files we write
     tomllib = None
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: see train/precision.py
 ORDERS = ("random", "sequential")
 
 
@@ -50,7 +50,7 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints kept besides the best one
     sample_tokens: int = 100  # length of the text sample written at each evaluation
     seed: int = 1337
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # auto: the fastest the device really supports (see train/precision.py)
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     data: str = ""  # token folder the run was trained on (filled in by `train`)

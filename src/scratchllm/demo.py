@@ -5,7 +5,8 @@
 2. attention: the library's `MultiHeadAttention` is run both ways, its explicit path (scores,
    causal mask, softmax, weighted sum) against the fused `scaled_dot_product_attention` path;
 3. architecture: the `tiny` GPT (4 layers, 256 wide, context 256);
-4. training: bfloat16 on the CPU for a time budget, with a schedule sized to fit it; then
+4. training: in the fastest precision this machine has (bfloat16 on CPUs with bf16 instructions,
+   else float32) for a time budget, with a schedule sized to fit it; then
    evaluation, a text sample and the loss curve.
 Everything lands under one folder, printed at the end with the final numbers.
 """
@@ -33,9 +34,11 @@ def steps_per_second(cfg, n: int = 3) -> float:
 
     from scratchllm.model.gpt import GPT
     from scratchllm.train.distributed import pick_device
-    from scratchllm.train.trainer import autocast, make_optimizer
+    from scratchllm.train.precision import autocast, resolve
+    from scratchllm.train.trainer import make_optimizer
 
     tc, device = cfg.train, pick_device(cfg.train.device)
+    dtype = resolve(tc.dtype, device).dtype
     torch.manual_seed(0)
     model = GPT(cfg.model).to(device)
     opt = make_optimizer(model, tc)
@@ -44,7 +47,7 @@ def steps_per_second(cfg, n: int = 3) -> float:
     for _ in range(n + 1):
         t = time.perf_counter()
         for _ in range(tc.grad_accum):
-            with autocast(device, tc.dtype):
+            with autocast(device, dtype):
                 _, loss = model(x[:, :-1], x[:, 1:])
             loss.backward()
         opt.step()
@@ -78,6 +81,8 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     from scratchllm.data.sources import open_source
     from scratchllm.model.gpt import GPT
     from scratchllm.tokenizer import tokenize_to_dir, train_tokenizer
+    from scratchllm.train.distributed import pick_device
+    from scratchllm.train.precision import resolve
     from scratchllm.train.trainer import train
     from scratchllm.util import UserError
 
@@ -103,7 +108,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     _say(_attention_check())
 
     _say("== stage 3: architecture ==")
-    cfg = build_config("tiny", sets=["train.dtype=bfloat16", f"model.vocab_size={tok.vocab_size}"])
+    cfg = build_config("tiny", sets=[f"model.vocab_size={tok.vocab_size}"])
     model = GPT(cfg.model)
     _say(f"tiny GPT: {cfg.model.n_layer} layers, {cfg.model.n_head} heads, {cfg.model.n_embd} wide, context "
          f"{cfg.model.block_size}; {model.num_params() / 1e6:.2f}M parameters, "
@@ -111,6 +116,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     del model
 
     _say("== stage 4: training ==")
+    precision = resolve(cfg.train.dtype, pick_device(cfg.train.device))
     rate = steps_per_second(cfg, n=5)
     # The cosine ends where the budget does (max_minutes stops it if the machine turns out slower).
     # Five evaluations with their samples and four checkpoints take a few percent of the time: on 2
@@ -122,7 +128,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
                           f"train.ckpt_every={every}", "train.log_every=5", "train.sample_tokens=64"])
     _say(f"{rate:.2f} steps/s measured here: {steps} steps of {cfg.train.batch_size} x "
          f"{cfg.model.block_size} "
-         f"tokens in bfloat16 fit {minutes:g} minutes")
+         f"tokens in {precision.dtype} ({precision.reason}) fit {minutes:g} minutes")
     if run_dir.exists():
         _say(f"replacing the previous demo run in {run_dir}")
         shutil.rmtree(run_dir)

@@ -58,11 +58,15 @@ class MetricsLog:
     def truncate_after(self, step: int, scheduled_eval=lambda s: True) -> None:
         """Forget lines after `step` (a resume replays those steps and writes them again).
 
-        An evaluation at `step` itself is kept only if `scheduled_eval(step)`: one made because a run
-        stopped early (time budget) is not in the uninterrupted run's log, so a resume drops it.
+        At `step` itself the training line is kept, and an evaluation only if `scheduled_eval(step)`:
+        one made because a run stopped early (time budget) is not in the uninterrupted run's log, so a
+        resume drops it. A resume writes its own precision line again where it needs one.
         """
-        self.rows = [r for r in self.rows if r.get("step", 0) < step or (
-            r.get("step", 0) == step and ("val_loss" not in r or scheduled_eval(step)))]
+        def kept(r: dict) -> bool:
+            at = r.get("step", 0)
+            return at < step or (at == step and ("loss" in r or ("val_loss" in r and scheduled_eval(step))))
+
+        self.rows = [r for r in self.rows if kept(r)]
         text = "".join(json.dumps(r) + "\n" for r in self.rows)
         atomic_write_bytes(self.path, text.encode())
 

@@ -27,6 +27,7 @@ from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.distributed import Dist, setup, teardown
 from scratchllm.train.loader import TokenLoader, eval_batches
 from scratchllm.train.metrics import MetricsLog, sample_entry, split_bits_per_byte, truncate_samples
+from scratchllm.train.precision import autocast, resolve
 from scratchllm.util import UserError
 
 # Dense bf16 peak of GPUs, for MFU in the progress bar (CPUs: measure it, see benchmarks/); the first
@@ -81,13 +82,6 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def autocast(device: torch.device, dtype: str):
-    """Mixed precision context for the forward pass (a no-op in float32)."""
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=getattr(torch, dtype))  # a name from config.DTYPES
-
-
 def open_data(data_dir: str | Path, cfg: Config) -> tuple[dict, np.ndarray, np.ndarray, Config]:
     """meta.json, the train and val token maps, and the config with vocab_size taken from the data."""
     from scratchllm.data.tokens import read_tokens
@@ -128,14 +122,17 @@ def load_tokenizer(data_dir: str | Path):
 
 
 @torch.no_grad()
-def evaluate(model, val: np.ndarray, tc: TrainConfig, block_size: int, device, dist: Dist) -> float:
-    """Mean loss over the fixed validation batches (shared out over the ranks)."""
+def evaluate(model, val: np.ndarray, tc: TrainConfig, block_size: int, device, dist: Dist,
+             dtype: str | None = None) -> float:
+    """Mean loss over the fixed validation batches (shared out over the ranks), in `dtype` (default:
+    what train.dtype resolves to on `device`)."""
+    dtype = dtype or resolve(tc.dtype, device).dtype
     was_training = model.training
     model.eval()
     total = torch.zeros(2, device=device)
     for x, y in eval_batches(val, tc.batch_size, block_size, tc.eval_batches, dist.rank, dist.world_size):
         x, y = x.to(device), y.to(device)
-        with autocast(device, tc.dtype):
+        with autocast(device, dtype):
             _, loss = model(x, y)
         total += torch.stack([loss.float(), torch.ones((), device=device)])
     model.train(was_training)
@@ -245,6 +242,10 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
     meta, train_tokens, val_tokens, cfg = dist.on_every_rank(lambda: open_data(data_dir, cfg))
     tc, T = cfg.train, cfg.model.block_size
     cfg = replace(cfg, train=replace(tc, data=str(data_dir.resolve())))
+    precision = resolve(tc.dtype, device)
+    if precision.warning:
+        warn(precision.warning)
+    say(f"precision: {precision.dtype} ({precision.reason})")
     if device.type == "cuda":  # TF32 only touches float32 matmuls on GPUs; CPU float32 stays exact
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -255,7 +256,7 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
     model = GPT(cfg.model).to(device)
     torch.manual_seed(tc.seed + dist.rank)  # but different dropout masks
     optimizer = make_optimizer(model, tc)
-    scaler = torch.amp.GradScaler(device.type, enabled=tc.dtype == "float16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.uses_scaler)
     loader = TokenLoader(train_tokens, tc.batch_size, T, tc.order, tc.seed, dist.rank, dist.world_size,
                          name="train.bin")
     out.mkdir(parents=True, exist_ok=True)
@@ -265,7 +266,7 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
         path, state = found
         ckpt.load_model_weights(model, path, device)
         ckpt.load_optimizer(optimizer, path)
-        if state.get("scaler"):  # empty when saved without float16: a fresh scaler starts then
+        if state.get("scaler") and precision.uses_scaler:  # empty when saved without float16
             scaler.load_state_dict(state["scaler"])
         loader.load_state_dict(state["loader"])
         rngs = state.get("rng_ranks") or [state["rng"]]
@@ -284,6 +285,11 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
         metrics.truncate_after(kept, scheduled)
         truncate_samples(out / "samples.txt", kept, scheduled)
         cfg.save(out / "config.toml")
+        before = found[1].get("dtype") if found is not None else None
+        if before != precision.dtype:  # a fresh run, or a resume that chose again on other hardware
+            if before is not None:
+                say(f"note: the checkpoint was trained in {before}; continuing in {precision.dtype}")
+            metrics.log(step=step, dtype=precision.dtype, dtype_reason=precision.reason, device=str(device))
 
     compiled = tc.compile
     if compiled:
@@ -309,7 +315,7 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
     peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
     def do_eval() -> float:
-        val_loss = evaluate(eval_model, val_tokens, tc, T, device, dist)
+        val_loss = evaluate(eval_model, val_tokens, tc, T, device, dist, precision.dtype)
         if dist.main:
             row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
             bpb = split_bits_per_byte(val_loss, val_split)
@@ -336,7 +342,7 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
         state = {"tokens": step * tokens_per_step, "val_loss": val_loss,
                  "best_val": best_val if math.isfinite(best_val) else None,  # strict JSON has no Infinity
                  "best_ckpt": best_ckpt.name if best_ckpt else None, "loader": loader.state_dict(),
-                 "scaler": scaler.state_dict(), "world_size": dist.world_size}
+                 "scaler": scaler.state_dict(), "world_size": dist.world_size, "dtype": precision.dtype}
         if dist.world_size > 1:
             state["rng_ranks"] = rngs
         ckpt.save_checkpoint(ckpt_dir, step, model, optimizer, state)
@@ -376,7 +382,7 @@ def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, di
                     x, y = x.to(device), y.to(device)
                 # DDP averages gradients only on the last micro-batch; the others just accumulate.
                 sync = not dist.enabled or micro == tc.grad_accum - 1
-                with (contextlib.nullcontext() if sync else ddp.no_sync()), autocast(device, tc.dtype):
+                with (contextlib.nullcontext() if sync else ddp.no_sync()), autocast(device, precision.dtype):
                     _, loss = fwd(x, y)
                     loss = loss / tc.grad_accum
                 scaler.scale(loss).backward()
