@@ -1,9 +1,10 @@
-"""GPT-2 124M training throughput on one CUDA GPU: bf16 autocast, flash attention, eager and compiled.
+"""GPT-2 124M training throughput on one CUDA GPU: the trainer's own step, eager and compiled, two recipes.
 
-Synthetic tokens (no dataset needed). Prints tokens/s and MFU against the GPU's dense bf16 peak
-(from its name, e.g. H100 SXM 989 TFLOP/s; or --peak), the compile speed-up measured in the same
-run, and checks that the bf16 loss at step 0 matches the true float32 loss (exit status 1 if not).
-Run through `benchmarks/gpu.sh`.
+Synthetic tokens (no dataset needed). For the GPT-2 recipe (AdamW) and the modern one (`modern-124m`:
+RoPE, RMSNorm, QK-norm, ReLU², Muon), prints tokens/s and MFU of `Trainer.step()` against the GPU's
+dense bf16 peak (from its name, e.g. H100 SXM 989 TFLOP/s; or --peak), eagerly and with
+`torch.compile`, and checks that the bf16 loss at step 0 matches the true float32 loss (exit status 1
+if not). Run through `benchmarks/gpu.sh`.
 """
 
 from __future__ import annotations
@@ -12,32 +13,40 @@ import argparse
 import sys
 import time
 
+import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from scratchllm.config import TrainConfig
-from scratchllm.model.gpt import GPT, GPTConfig
+from scratchllm.config import build_config
 from scratchllm.train.precision import autocast
-from scratchllm.train.trainer import make_optimizer, peak_flops
+from scratchllm.train.trainer import Trainer, peak_flops
 
 
-def measure(model, opt, batches, steps: int, warmup: int) -> tuple[float, float]:
+def measure(trainer: Trainer, steps: int, warmup: int) -> tuple[float, float]:
     """(tokens/s, last loss) over `steps` timed optimizer steps after `warmup` untimed ones."""
-    B, T = batches[0][0].shape
     loss = None
     for i in range(warmup + steps):
         if i == warmup:
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-        x, y = batches[i % len(batches)]
-        with autocast(x.device, "bfloat16"):
-            _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = trainer.step()
     torch.cuda.synchronize()
-    return steps * B * T / (time.perf_counter() - t0), loss.item()
+    return steps * trainer.tokens_per_step / (time.perf_counter() - t0), loss.item()
+
+
+def float32_check(trainer: Trainer) -> bool:
+    """bf16 autocast must not change what the model computes beyond rounding (TF32 off: true float32)."""
+    x, y = (t.cuda() for t in trainer.loader.batch_at(0))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    with torch.no_grad():
+        l32 = trainer.model(x, y)[1].item()
+        with autocast(trainer.device, "bfloat16"):
+            l16 = trainer.model(x, y)[1].item()
+    torch.backends.cuda.matmul.allow_tf32 = True  # as the trainer: for any float32 matmul left
+    ok = abs(l32 - l16) < 0.02
+    print(f"step-0 loss: float32 {l32:.5f}, bf16 autocast {l16:.5f}, |diff| {abs(l32 - l16):.5f} -> "
+          f"{'OK' if ok else 'MISMATCH'} (tolerance 0.02)")
+    return ok
 
 
 def main() -> None:
@@ -45,55 +54,42 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--presets", default="gpt2-124m,modern-124m")
+    p.add_argument("--no-compile", action="store_true")
     p.add_argument("--peak", type=float, default=None,
                    help="dense bf16 FLOP/s of the GPU (default: from its name, else the H100 SXM's 989e12)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA GPU: this benchmark is for a GPU machine")
     dev = torch.device("cuda")
-    args.peak = args.peak or peak_flops(torch.cuda.get_device_name(dev)) or 989e12
-    cfg = GPTConfig.preset("gpt2-124m", pad_vocab_multiple=64)  # 50304 rows: tensor-core friendly
-    B, T = args.batch, cfg.block_size
-    print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}; gpt2-124m, context {T}, "
-          f"batch {B}, vocab {cfg.vocab_size} padded to {cfg.padded_vocab_size}")
-    g = torch.Generator(device=dev).manual_seed(0)
-    batches = [(d[:, :-1], d[:, 1:]) for d in torch.randint(0, cfg.vocab_size, (4, B, T + 1), device=dev,
-                                                             generator=g)]
-
-    torch.manual_seed(0)
-    model = GPT(cfg).to(dev)
-    with torch.no_grad():  # bf16 autocast must not change what the model computes, beyond rounding
-        _, l32 = model(*batches[0])  # TF32 is still off here: this is true float32
-        with autocast(dev, "bfloat16"):
-            _, l16 = model(*batches[0])
-    ok = abs(l32.item() - l16.item()) < 0.02
-    print(f"step-0 loss: float32 {l32.item():.5f}, bf16 autocast {l16.item():.5f}, "
-          f"|diff| {abs(l32.item() - l16.item()):.5f} -> {'OK' if ok else 'MISMATCH'} (tolerance 0.02)")
-    if not ok:
-        sys.exit(1)
-    torch.backends.cuda.matmul.allow_tf32 = True  # as the trainer: for any float32 matmul left
-    torch.backends.cudnn.allow_tf32 = True
-
+    peak = args.peak or peak_flops(torch.cuda.get_device_name(dev)) or 989e12
+    tokens = np.random.default_rng(0).integers(0, 50257, 20_000_000, dtype=np.uint16)
+    print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}; context 1024, batch {args.batch}")
     results = {}
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # fail loudly if flash attention cannot run
-        opt = make_optimizer(model, TrainConfig())
-        print(f"AdamW: fused={opt.defaults.get('fused')}, foreach={opt.defaults.get('foreach')}")
-        results["eager"] = measure(model, opt, batches, args.steps, warmup=3)
-        torch.manual_seed(0)
-        fresh = GPT(cfg).to(dev)
-        compiled = torch.compile(fresh)
-        opt = make_optimizer(fresh, TrainConfig())
-        t0 = time.perf_counter()
-        measure(compiled, opt, batches, 1, warmup=0)
-        print(f"torch.compile: first step {time.perf_counter() - t0:.0f} s")
-        results["compiled"] = measure(compiled, opt, batches, args.steps, warmup=3)
-    mem = torch.cuda.max_memory_allocated() / 2**30
-    for name, (rate, loss) in results.items():
-        mfu = model.estimate_mfu(rate, args.peak)
-        print(f"{name:>9}: {rate:>10,.0f} tokens/s, MFU {100 * mfu:5.1f}% of {args.peak / 1e12:.0f} TFLOP/s "
-              f"(last loss {loss:.3f})")
-    print(f"compile speed-up: {results['compiled'][0] / results['eager'][0]:.2f}x; "
-          f"{model.flops_per_token() / 1e6:.0f} MFLOP/token; peak memory {mem:.1f} GiB")
+        for preset in args.presets.split(","):
+            for compiled in [False] if args.no_compile else [False, True]:
+                cfg = build_config(preset, sets=[f"train.batch_size={args.batch}", "train.grad_accum=1",
+                                                 "model.pad_vocab_multiple=64", f"train.compile={compiled}",
+                                                 "train.dtype=bfloat16"])
+                trainer = Trainer(cfg, tokens, device=dev)
+                if not compiled and not float32_check(trainer):
+                    sys.exit(1)
+                t0 = time.perf_counter()
+                trainer.step()
+                first = time.perf_counter() - t0
+                rate, loss = measure(trainer, args.steps, warmup=2)
+                mfu = trainer.model.estimate_mfu(rate, peak)
+                name = f"{preset} ({cfg.train.optimizer}){' compiled' if compiled else ''}"
+                results[name] = rate
+                print(f"{name:>32}: {rate:>10,.0f} tokens/s, MFU {100 * mfu:5.1f}% of {peak / 1e12:.0f} "
+                      f"TFLOP/s (first step {first:.0f} s, last loss {loss:.3f})")
+                del trainer
+                torch.cuda.empty_cache()
+    base = next(iter(results.values()))
+    for name, rate in results.items():
+        print(f"{name:>32}: {rate / base:.2f}x the first")
+    print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 from scratchllm.config import TrainConfig
 from scratchllm.model.gpt import GPT, GPTConfig
 from scratchllm.train import checkpoint as ck
-from scratchllm.train.trainer import make_optimizer
+from scratchllm.train.optim import make_optimizer
 
 
 def _model_and_opt(seed=0):

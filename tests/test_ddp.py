@@ -12,9 +12,11 @@ ARGS = sets(train__max_steps=10, train__eval_every=5, train__ckpt_every=5, train
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_equal_one_process_with_grad_accum_2(tmp_path, cli_env):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_torchrun_two_ranks_equal_one_process_with_grad_accum_2(tmp_path, cli_env, optimizer):
     data = byte_token_dir(tmp_path / "data", shakespeare_bytes(200_000))
-    common = ["train", "--data", str(data), "--quiet", *ARGS, "--set", "train.order=random"]
+    common = ["train", "--data", str(data), "--quiet", *ARGS, "--set", "train.order=random",
+              "--set", f"train.optimizer={optimizer}"]
     single = subprocess.run([sys.executable, "-m", "scratchllm", *common, "--out", str(tmp_path / "one"),
                              "--set", "train.grad_accum=2"], env=cli_env, capture_output=True, text=True,
                             timeout=300)

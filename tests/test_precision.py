@@ -7,7 +7,7 @@ import torch
 from _train_helpers import byte_token_dir, shakespeare_bytes
 
 from scratchllm.train import precision
-from scratchllm.train.precision import Precision, autocast, matmul_dtype, resolve
+from scratchllm.train.precision import Precision, autocast, resolve
 
 CPU = torch.device("cpu")
 
@@ -40,9 +40,10 @@ def test_auto_on_a_cpu_follows_its_instructions(cpu_kind):
     cpu_kind(False)
     p = resolve("auto", CPU)
     assert p == Precision("float32", p.reason) and "no bf16 instructions" in p.reason and p.warning is None
-    assert matmul_dtype(CPU) == torch.float32 and not p.uses_scaler
+    assert p.iteration_dtype == torch.float32 and not p.uses_scaler
     cpu_kind(True)
-    assert resolve("auto", CPU).dtype == "bfloat16" and matmul_dtype(CPU) == torch.bfloat16
+    assert resolve("auto", CPU).dtype == "bfloat16" and resolve("auto", CPU).iteration_dtype == torch.bfloat16
+    assert resolve("float32", CPU).iteration_dtype == torch.float32  # a float32 run is float32 throughout
 
 
 def test_explicit_bf16_on_a_slow_cpu_is_kept_but_warned(cpu_kind):

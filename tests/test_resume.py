@@ -28,14 +28,22 @@ def _cmd(data, run, *extra):
             *ARGS, *extra]
 
 
+# Muon's momentum buffers and warm-up and WSD's stable phase must come back too.
+RECIPES = {"adamw-cosine": [], "muon-wsd": ["--set", "train.optimizer=muon", "--set", "train.schedule=wsd",
+                                           "--set", "train.muon_momentum_warmup=20"]}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.name == "nt", reason="SIGKILL is POSIX")
-def test_sigkill_then_resume_equals_uninterrupted(data, tmp_path, cli_env):
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_sigkill_then_resume_equals_uninterrupted(data, tmp_path, cli_env, recipe):
     full = tmp_path / "full"
-    subprocess.run(_cmd(data, full), env=cli_env, check=True, capture_output=True, timeout=300)
+    subprocess.run(_cmd(data, full, *RECIPES[recipe]), env=cli_env, check=True, capture_output=True,
+                   timeout=300)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(data, run), env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_cmd(data, run, *RECIPES[recipe]), env=cli_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline:  # kill between checkpoints, after step 12 (the last checkpoint: 10)
@@ -49,8 +57,8 @@ def test_sigkill_then_resume_equals_uninterrupted(data, tmp_path, cli_env):
     killed_at = max(step for step, _ in losses(run))
     assert 13 <= killed_at < STEPS, "the run must die mid-way"
 
-    done = subprocess.run(_cmd(data, run, "--resume"), env=cli_env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(_cmd(data, run, "--resume", *RECIPES[recipe]), env=cli_env, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     expected, got = losses(full), losses(run)
     assert [s for s, _ in got] == list(range(1, STEPS + 1))

@@ -24,6 +24,8 @@ except ModuleNotFoundError:  # Python 3.10: the small reader below covers the fi
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: see train/precision.py
 ORDERS = ("random", "sequential")
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 
 
 @dataclass
@@ -42,6 +44,13 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 turns clipping off
+    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest)
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95  # reached after muon_momentum_warmup steps, from 0.85
+    muon_momentum_warmup: int = 300
+    muon_weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine | wsd (warm-up, stable, linear decay over cooldown_frac)
+    cooldown_frac: float = 0.4
     order: str = "random"  # random windows, or sequential non-overlapping epochs
     eval_every: int = 200
     eval_batches: int = 20
@@ -59,13 +68,22 @@ class TrainConfig:
         """Raise UserError for values that cannot work."""
         if self.dtype not in DTYPES:
             raise UserError(f"train.dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if (value := getattr(self, name)) not in allowed:
+                raise UserError(f"train.{name} must be one of {', '.join(allowed)}, not {value!r}")
+        if not 0 < self.cooldown_frac <= 1:
+            raise UserError(f"train.cooldown_frac must be in (0, 1], got {self.cooldown_frac}")
+        if not 0 <= self.muon_momentum < 1 or self.muon_lr <= 0 or self.muon_weight_decay < 0:
+            raise UserError(f"need train.muon_lr > 0, 0 <= train.muon_momentum < 1 and "
+                            f"train.muon_weight_decay >= 0 (got {self.muon_lr}, {self.muon_momentum}, "
+                            f"{self.muon_weight_decay})")
         if self.order not in ORDERS:
             raise UserError(f"train.order must be one of {', '.join(ORDERS)}, not {self.order!r}")
         for name in ("batch_size", "grad_accum", "eval_batches", "log_every", "eval_every", "ckpt_every",
                      "keep_last"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_tokens", "warmup_steps", "sample_tokens"):
+        for name in ("max_steps", "max_tokens", "warmup_steps", "sample_tokens", "muon_momentum_warmup"):
             if getattr(self, name) < 0:
                 raise UserError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.max_minutes < 0:

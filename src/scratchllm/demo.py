@@ -28,30 +28,19 @@ def _say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def steps_per_second(cfg, n: int = 3) -> float:
+def steps_per_second(cfg, tokens, n: int = 3) -> float:
     """Measured optimizer steps a second of this config on this machine (after one warm-up step)."""
     import torch
 
-    from scratchllm.model.gpt import GPT
     from scratchllm.train.distributed import pick_device
-    from scratchllm.train.precision import autocast, resolve
-    from scratchllm.train.trainer import make_optimizer
+    from scratchllm.train.trainer import Trainer
 
-    tc, device = cfg.train, pick_device(cfg.train.device)
-    dtype = resolve(tc.dtype, device).dtype
-    torch.manual_seed(0)
-    model = GPT(cfg.model).to(device)
-    opt = make_optimizer(model, tc)
-    x = torch.randint(0, cfg.model.vocab_size, (tc.batch_size, cfg.model.block_size + 1), device=device)
+    device = pick_device(cfg.train.device)
+    trainer = Trainer(cfg, tokens, device=device)
     times = []
     for _ in range(n + 1):
         t = time.perf_counter()
-        for _ in range(tc.grad_accum):
-            with autocast(device, dtype):
-                _, loss = model(x[:, :-1], x[:, 1:])
-            loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        trainer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
@@ -79,6 +68,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     from scratchllm.config import build_config
     from scratchllm.data.download import download, iter_downloaded
     from scratchllm.data.sources import open_source
+    from scratchllm.data.tokens import read_tokens
     from scratchllm.model.gpt import GPT
     from scratchllm.tokenizer import tokenize_to_dir, train_tokenizer
     from scratchllm.train.distributed import pick_device
@@ -117,7 +107,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
 
     _say("== stage 4: training ==")
     precision = resolve(cfg.train.dtype, pick_device(cfg.train.device))
-    rate = steps_per_second(cfg, n=5)
+    rate = steps_per_second(cfg, read_tokens(data_dir / "train.bin"), n=5)
     # The cosine ends where the budget does (max_minutes stops it if the machine turns out slower).
     # Five evaluations with their samples and four checkpoints take a few percent of the time: on 2
     # cores 586 of 597 steps planned without this margin fitted.

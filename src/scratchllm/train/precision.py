@@ -35,6 +35,13 @@ class Precision:
         return getattr(torch, self.dtype)
 
     @property
+    def iteration_dtype(self) -> torch.dtype:
+        """The dtype of internal products that tolerate rounding (Muon's Newton-Schulz iteration): bf16 in
+        a bf16 run, float32 otherwise, so a float32 run is float32 throughout and a CPU without bf16
+        instructions never meets their slow path."""
+        return torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+
+    @property
     def uses_scaler(self) -> bool:
         """float16 needs loss scaling; the other formats have float32's exponent range."""
         return self.dtype == "float16"
@@ -75,12 +82,6 @@ def resolve(dtype: str, device: torch.device) -> Precision:
         warning = ("warning: train.dtype=bfloat16 on a CPU without bf16 instructions runs many times slower "
                    "than float32 here (train.dtype=auto picks float32)")
     return Precision(dtype, "set by train.dtype", warning)
-
-
-def matmul_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 where it is fast on `device`, else float32: for products that tolerate rounding (Muon's
-    Newton-Schulz iteration), which must not meet the slow bf16 path of CPUs without bf16."""
-    return torch.bfloat16 if _auto(device).dtype == "bfloat16" else torch.float32
 
 
 def autocast(device: torch.device, dtype: str):

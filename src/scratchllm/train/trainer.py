@@ -1,8 +1,8 @@
-"""The training loop: AdamW, warmup + cosine schedule, accumulation, mixed precision, checkpoints, DDP.
+"""The training loop: a `Trainer` that builds, restores, steps, evaluates and saves, and `train()`.
 
 One optimizer step = `grad_accum` micro-batches on each of the ranks. Everything a step depends on
-(weights, AdamW moments, the step number that sets the learning rate, the grad scaler, every RNG,
-the loader position) is in a checkpoint, so a resumed run repeats the uninterrupted one exactly.
+(weights, optimizer moments, the step number that sets the learning rate, the grad scaler, every
+RNG, the loader position) is in a checkpoint, so a resumed run repeats the uninterrupted one exactly.
 Losses are read back from the device (`.item()`, a sync) only at log and eval points.
 """
 
@@ -27,6 +27,7 @@ from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.distributed import Dist, setup, teardown
 from scratchllm.train.loader import TokenLoader, eval_batches
 from scratchllm.train.metrics import MetricsLog, sample_entry, split_bits_per_byte, truncate_samples
+from scratchllm.train.optim import make_optimizer
 from scratchllm.train.precision import autocast, resolve
 from scratchllm.util import UserError
 
@@ -56,30 +57,6 @@ def compile_problem(device: torch.device) -> str | None:
         first = (str(e).strip().splitlines() or [""])[0]
         return f"{type(e).__name__}: {first}"[:300]
     return None
-
-
-def lr_at(step: int, tc: TrainConfig) -> float:
-    """Learning rate of optimizer step `step` (from 0): linear warmup, then cosine down to min_lr."""
-    if step < tc.warmup_steps:
-        return tc.lr * (step + 1) / tc.warmup_steps
-    if step >= tc.max_steps:
-        return tc.min_lr
-    progress = (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps)
-    return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tc.lr - tc.min_lr)
-
-
-def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (and embeddings) only; fused, else foreach, kernels."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    kwargs = dict(lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8)
-    for fast in ({"fused": True}, {"foreach": True}):
-        try:
-            return torch.optim.AdamW(groups, **kwargs, **fast)
-        except (RuntimeError, TypeError, ValueError):  # this device or build lacks the kernel
-            continue
-    return torch.optim.AdamW(groups, **kwargs)
 
 
 def open_data(data_dir: str | Path, cfg: Config) -> tuple[dict, np.ndarray, np.ndarray, Config]:
@@ -219,222 +196,281 @@ class _StopSignals:
         return False
 
 
+class Trainer:
+    """One run's model, optimizers, loader and log, with the steps of training as methods.
+
+    Built from a config and token arrays; with `out` it also evaluates into, and saves to, a run
+    folder. `train()` below is the whole loop; benchmarks and the demo call `step()` alone.
+    """
+
+    def __init__(self, cfg: Config, train_tokens: np.ndarray, val_tokens: np.ndarray | None = None,
+                 meta: dict | None = None, out: Path | None = None, dist: Dist | None = None,
+                 device: torch.device | None = None, quiet: bool = True):
+        self.cfg, self.tc = cfg, cfg.train
+        self.dist, self.device = dist or Dist(), device or torch.device("cpu")
+        self.out, self.val_tokens, self.meta, self.quiet = out, val_tokens, meta or {}, quiet
+        main = self.dist.main
+        self.say = (lambda msg: tqdm_write(msg)) if main and not quiet else (lambda msg: None)
+        self.warn = (lambda msg: print(msg, file=sys.stderr)) if main else (lambda msg: None)
+        self.precision = resolve(self.tc.dtype, self.device)
+        if self.precision.warning:
+            self.warn(self.precision.warning)
+        self.say(f"precision: {self.precision.dtype} ({self.precision.reason})")
+        self._build(train_tokens)
+        self.steps, self.best_val, self.best_ckpt = 0, math.inf, None
+        self.evaluated_at = self.saved_at = -1
+        tc = self.tc
+        self.tokens_per_step = tc.batch_size * cfg.model.block_size * tc.grad_accum * self.dist.world_size
+        self.metrics = MetricsLog(out / "metrics.jsonl") if out is not None and main else None
+        self.tokenizer = None
+        self._stop_flags = [False, False]  # a stop signal, the time budget: as all ranks last agreed
+        self.signals: _StopSignals | None = None
+        self.bar = None
+        self.t_start = self.t_log = time.perf_counter()
+        self.step_log = 0
+        cuda = self.device.type == "cuda"
+        self.peak = peak_flops(torch.cuda.get_device_name(self.device)) if cuda else None
+
+    def _build(self, train_tokens: np.ndarray) -> None:
+        """Seeded model, optimizers, grad scaler and loader; DDP and torch.compile around the model."""
+        from scratchllm.model.gpt import GPT
+
+        tc, dist, device = self.tc, self.dist, self.device
+        if device.type == "cuda":  # TF32 only touches float32 matmuls on GPUs; CPU float32 stays exact
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        random.seed(tc.seed)
+        np.random.seed(tc.seed)
+        torch.manual_seed(tc.seed)  # the same initial weights on every rank
+        self.model = GPT(self.cfg.model).to(device)
+        torch.manual_seed(tc.seed + dist.rank)  # but different dropout masks
+        self.optimizer = make_optimizer(self.model, tc, ns_dtype=self.precision.iteration_dtype)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.uses_scaler)
+        self.loader = TokenLoader(train_tokens, tc.batch_size, self.cfg.model.block_size, tc.order, tc.seed,
+                                  dist.rank, dist.world_size, name="train.bin")
+        compiled = tc.compile
+        if compiled:
+            problems = [p for p in dist.gather(compile_problem(device)) if p]  # all ranks compile, or none
+            compiled = not problems
+            if problems:
+                self.warn(f"warning: torch.compile does not work here ({problems[0]}); training without it")
+        self.ddp = None
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Compiling the DDP wrapper (not DDP around a compiled model) lets dynamo split the graph at
+        # DDP's buckets, so gradient all-reduces overlap with the backward pass.
+        fwd = self.ddp if self.ddp is not None else self.model
+        self.fwd = torch.compile(fwd) if compiled else fwd
+        self.eval_model = self.model if dist.enabled else self.fwd  # evaluation needs no gradient sync
+
+    def restore(self, path: Path, state: dict) -> None:
+        """Continue from checkpoint `path`: weights, optimizers, scaler, loader, RNGs, step, best."""
+        ckpt.load_model_weights(self.model, path, self.device)
+        ckpt.load_optimizer(self.optimizer, path)
+        if state.get("scaler") and self.precision.uses_scaler:  # empty when saved without float16
+            self.scaler.load_state_dict(state["scaler"])
+        self.loader.load_state_dict(state["loader"])
+        rngs = state.get("rng_ranks") or [state["rng"]]
+        ckpt.set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else state["rng"])
+        self.steps = self.step_log = self.saved_at = state["step"]
+        self.best_val = math.inf if state.get("best_val") is None else state["best_val"]
+        self.best_ckpt = self.out / "ckpt" / state["best_ckpt"] if state.get("best_ckpt") else None
+        self.say(f"resuming from {path} (step {self.steps})")
+
+    def step(self) -> torch.Tensor:
+        """One optimizer step of `grad_accum` micro-batches per rank; the mean loss, left on the device."""
+        tc, device = self.tc, self.device
+        self.lr = self.optimizer.schedule(self.steps)
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(tc.grad_accum):
+            x, y = self.loader.next_batch()
+            if device.type == "cuda":
+                x = x.pin_memory().to(device, non_blocking=True)
+                y = y.pin_memory().to(device, non_blocking=True)
+            else:
+                x, y = x.to(device), y.to(device)
+            # DDP averages gradients only on the last micro-batch; the others just accumulate.
+            sync = self.ddp is None or micro == tc.grad_accum - 1
+            no_sync = contextlib.nullcontext() if sync else self.ddp.no_sync()
+            with no_sync, autocast(device, self.precision.dtype):
+                _, loss = self.fwd(x, y)
+                loss = loss / tc.grad_accum
+            self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        self.optimizer.step(self.scaler, self.model.parameters(), tc.grad_clip)
+        self.optimizer.zero_grad()
+        self.steps += 1
+        return loss_sum
+
+    def log_step(self, loss: torch.Tensor) -> None:
+        """At log points: the loss line in metrics.jsonl and the progress bar; the ranks agree on stopping."""
+        tc, dist = self.tc, self.dist
+        over_time = bool(tc.max_minutes) and time.perf_counter() - self.t_start >= tc.max_minutes * 60
+        flags = [self.signals is not None and self.signals.received is not None, over_time]
+        if self.steps % tc.log_every and self.steps != tc.max_steps:
+            if not dist.enabled:  # alone, stop at once; ranks must all stop at the same (logged) step
+                self._stop_flags = flags
+            return
+        # The one sync per log point; a collective every step would stall the GPU.
+        loss_value, self._stop_flags = dist.mean_and_flags(loss, flags)
+        now = time.perf_counter()
+        tok_s = (self.steps - self.step_log) * self.tokens_per_step / max(now - self.t_log, 1e-9)
+        self.t_log, self.step_log = now, self.steps
+        if self.metrics is not None:
+            self.metrics.log(step=self.steps, loss=loss_value, lr=self.lr,
+                             tokens=self.steps * self.tokens_per_step, tok_per_s=round(tok_s, 1))
+            post = {"loss": f"{loss_value:.4f}", "lr": f"{self.lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
+            if self.peak:
+                post["mfu"] = f"{100 * self.model.estimate_mfu(tok_s / dist.world_size, self.peak):.1f}%"
+            if self.bar is not None:
+                self.bar.set_postfix(post, refresh=False)
+
+    def evaluate(self) -> float:
+        """Validation loss at this step; rank 0 logs it with bits/byte, a text sample and the plot."""
+        val_loss = evaluate(self.eval_model, self.val_tokens, self.tc, self.cfg.model.block_size, self.device,
+                            self.dist, self.precision.dtype)
+        self.evaluated_at = self.steps
+        if self.metrics is None:
+            return val_loss
+        row = {"step": self.steps, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+        bpb = split_bits_per_byte(val_loss, self.meta.get("val", {}))
+        if bpb is not None:
+            row["val_bpb"] = bpb
+        self.metrics.log(**row)
+        text = sample_text(self.model, self.tokenizer, self.tc.sample_tokens, self.device, self.tc.seed)
+        if text is not None:
+            with open(self.out / "samples.txt", "a", encoding="utf-8") as f:
+                f.write(sample_entry(self.steps, val_loss, text))
+        self.metrics.plot(self.out / "loss.png",
+                          title=f"{self.out.name}: {self.model.num_params() / 1e6:.1f}M parameters")
+        self.say(f"step {self.steps}: val loss {val_loss:.4f}"
+                 + (f", {row['val_bpb']:.3f} bits/byte" if "val_bpb" in row else ""))
+        return val_loss
+
+    def save(self, val_loss: float | None) -> None:
+        """Checkpoint this step (rank 0 writes; every rank's RNG goes in); keep the best and the newest."""
+        rngs = self.dist.gather(ckpt.rng_state())
+        self.saved_at = self.steps
+        if not self.dist.main:
+            return
+        ckpt_dir = self.out / "ckpt"
+        if val_loss is not None and val_loss < self.best_val:
+            self.best_val, self.best_ckpt = val_loss, ckpt_dir / f"step_{self.steps}"
+        state = {"tokens": self.steps * self.tokens_per_step, "val_loss": val_loss,
+                 "best_val": self.best_val if math.isfinite(self.best_val) else None,  # JSON: no Infinity
+                 "best_ckpt": self.best_ckpt.name if self.best_ckpt else None,
+                 "loader": self.loader.state_dict(), "scaler": self.scaler.state_dict(),
+                 "world_size": self.dist.world_size, "dtype": self.precision.dtype}
+        if self.dist.world_size > 1:
+            state["rng_ranks"] = rngs
+        ckpt.save_checkpoint(ckpt_dir, self.steps, self.model, self.optimizer, state)
+        ckpt.prune(ckpt_dir, self.tc.keep_last, self.best_ckpt)
+
+    def should_stop(self) -> str | None:
+        """Why training stops now (a step or token budget, a signal, the time budget), or None."""
+        tc = self.tc
+        if self.steps >= tc.max_steps:
+            return f"reached max_steps {tc.max_steps}"
+        if tc.max_tokens and self.steps * self.tokens_per_step >= tc.max_tokens:
+            return f"reached the token budget {tc.max_tokens:,}"
+        by_signal, by_time = self._stop_flags
+        if by_signal:
+            received = self.signals.received if self.signals is not None else None
+            return f"received {received or 'a stop signal (on another rank)'}"
+        if by_time:
+            return f"reached the time budget of {tc.max_minutes:g} minutes"
+        return None
+
+    def fit(self) -> dict:
+        """Train until `should_stop`, evaluating and saving on schedule and at the end; a summary."""
+        from tqdm.auto import tqdm
+
+        tc = self.tc
+        self.bar = tqdm(total=tc.max_steps, initial=self.steps, disable=self.quiet or self.metrics is None,
+                        unit="step", dynamic_ncols=True, file=sys.stderr)
+        val_loss = self.evaluate() if self.steps == 0 and tc.eval_every else None
+        self.t_start = self.t_log = time.perf_counter()
+        with _StopSignals() as self.signals:
+            while (reason := self.should_stop()) is None:
+                self.log_step(self.step())
+                self.bar.update(1)
+                val_loss = None
+                if self.steps % tc.eval_every == 0 or self.steps == tc.max_steps:  # before the save
+                    val_loss = self.evaluate()
+                if self.steps % tc.ckpt_every == 0:
+                    self.save(val_loss)
+            # Still inside the signal handler: a Ctrl-C during the final evaluation must not lose the
+            # steps since the last checkpoint. A signal asks for a quick exit: the checkpoint only.
+            self.bar.close()
+            self.say(f"stopping: {reason}")
+            if self.evaluated_at != self.steps and not self._stop_flags[0]:
+                val_loss = self.evaluate()
+            if self.saved_at != self.steps:
+                self.save(val_loss)
+        self.dist.barrier()
+        return self._summary(reason, val_loss)
+
+    def _summary(self, reason: str, val_loss: float | None) -> dict:
+        summary = {"run": str(self.out), "step": self.steps, "tokens": self.steps * self.tokens_per_step,
+                   "val_loss": val_loss, "stop_reason": reason, "dtype": self.precision.dtype,
+                   "minutes": (time.perf_counter() - self.t_start) / 60, "params": self.model.num_params()}
+        bpb = split_bits_per_byte(val_loss, self.meta.get("val", {})) if val_loss is not None else None
+        if bpb is not None:
+            summary["val_bpb"] = bpb
+        return summary
+
+
+def tqdm_write(msg: str) -> None:
+    """A message above the progress bar, on stderr."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None, data_dir: Path) -> None:
+    """Rank 0: cut the logs back to the resumed step, save the config and tokenizer, note the precision."""
+    out, tc, step = trainer.out, trainer.tc, trainer.steps
+
+    # An evaluation made at an off-schedule step because the run stopped there is dropped, so the log
+    # continues exactly as the uninterrupted run's.
+    def scheduled(s):
+        return s % tc.eval_every == 0 or s >= tc.max_steps
+
+    kept = step if found is not None else -1  # a fresh start keeps nothing of a run that died early
+    trainer.metrics.truncate_after(kept, scheduled)
+    truncate_samples(out / "samples.txt", kept, scheduled)
+    trainer.cfg.save(out / "config.toml")
+    precision = trainer.precision
+    before = found[1].get("dtype") if found is not None else None
+    if before != precision.dtype:  # a fresh run, or a resume that chose again on other hardware
+        if before is not None:
+            trainer.say(f"note: the checkpoint was trained in {before}; continuing in {precision.dtype}")
+        trainer.metrics.log(step=step, dtype=precision.dtype, dtype_reason=precision.reason,
+                            device=str(trainer.device))
+    trainer.tokenizer = load_tokenizer(data_dir)
+    if trainer.tokenizer is not None and found is None:
+        trainer.tokenizer.save(out / "tokenizer")  # the run folder is then enough for generate and export
+
+
 def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
           quiet: bool = False) -> dict:
     """Train (or continue) the run in `out_dir` on the token folder `data_dir`; returns a summary."""
     dist, device = setup(cfg.train.device)
     try:
-        return _train(cfg, Path(data_dir), Path(out_dir), resume, quiet, dist, device)
+        data_dir, out = Path(data_dir), Path(out_dir)
+        warn = (lambda msg: print(msg, file=sys.stderr)) if dist.main else (lambda msg: None)
+        found = _resume_point(out / "ckpt", resume, dist, warn)
+        # Ranks on machines without a shared filesystem may see different data folders.
+        meta, train_tokens, val_tokens, cfg = dist.on_every_rank(lambda: open_data(data_dir, cfg))
+        cfg = replace(cfg, train=replace(cfg.train, data=str(data_dir.resolve())))
+        trainer = Trainer(cfg, train_tokens, val_tokens, meta, out, dist, device, quiet)
+        if found is not None:
+            trainer.restore(*found)
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+            _prepare_run_folder(trainer, found, data_dir)
+        return trainer.fit()
     finally:
         teardown()
-
-
-def _train(cfg: Config, data_dir: Path, out: Path, resume: bool, quiet: bool, dist: Dist, device) -> dict:
-    from tqdm.auto import tqdm
-
-    from scratchllm.model.gpt import GPT
-
-    say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if dist.main and not quiet else (lambda msg: None)
-    warn = (lambda msg: print(msg, file=sys.stderr)) if dist.main else (lambda msg: None)
-    ckpt_dir = out / "ckpt"
-    found = _resume_point(ckpt_dir, resume, dist, warn)
-    # Ranks on machines without a shared filesystem may see different data folders.
-    meta, train_tokens, val_tokens, cfg = dist.on_every_rank(lambda: open_data(data_dir, cfg))
-    tc, T = cfg.train, cfg.model.block_size
-    cfg = replace(cfg, train=replace(tc, data=str(data_dir.resolve())))
-    precision = resolve(tc.dtype, device)
-    if precision.warning:
-        warn(precision.warning)
-    say(f"precision: {precision.dtype} ({precision.reason})")
-    if device.type == "cuda":  # TF32 only touches float32 matmuls on GPUs; CPU float32 stays exact
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    random.seed(tc.seed)
-    np.random.seed(tc.seed)
-    torch.manual_seed(tc.seed)  # the same initial weights on every rank
-    model = GPT(cfg.model).to(device)
-    torch.manual_seed(tc.seed + dist.rank)  # but different dropout masks
-    optimizer = make_optimizer(model, tc)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.uses_scaler)
-    loader = TokenLoader(train_tokens, tc.batch_size, T, tc.order, tc.seed, dist.rank, dist.world_size,
-                         name="train.bin")
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(out / "metrics.jsonl")
-    step, best_val, best_ckpt = 0, math.inf, None
-    if found is not None:
-        path, state = found
-        ckpt.load_model_weights(model, path, device)
-        ckpt.load_optimizer(optimizer, path)
-        if state.get("scaler") and precision.uses_scaler:  # empty when saved without float16
-            scaler.load_state_dict(state["scaler"])
-        loader.load_state_dict(state["loader"])
-        rngs = state.get("rng_ranks") or [state["rng"]]
-        ckpt.set_rng_state(rngs[dist.rank] if len(rngs) == dist.world_size else state["rng"])
-        step = state["step"]
-        best_val = math.inf if state.get("best_val") is None else state["best_val"]
-        best_ckpt = ckpt_dir / state["best_ckpt"] if state.get("best_ckpt") else None
-        say(f"resuming from {path} (step {step})")
-    if dist.main:
-        # An evaluation made at an off-schedule step because the run stopped there is dropped, so
-        # the log continues exactly as the uninterrupted run's.
-        def scheduled(s):
-            return s % tc.eval_every == 0 or s >= tc.max_steps
-
-        kept = step if found is not None else -1  # a fresh start keeps nothing of a run that died early
-        metrics.truncate_after(kept, scheduled)
-        truncate_samples(out / "samples.txt", kept, scheduled)
-        cfg.save(out / "config.toml")
-        before = found[1].get("dtype") if found is not None else None
-        if before != precision.dtype:  # a fresh run, or a resume that chose again on other hardware
-            if before is not None:
-                say(f"note: the checkpoint was trained in {before}; continuing in {precision.dtype}")
-            metrics.log(step=step, dtype=precision.dtype, dtype_reason=precision.reason, device=str(device))
-
-    compiled = tc.compile
-    if compiled:
-        problems = [p for p in dist.gather(compile_problem(device)) if p]  # all ranks compile, or none
-        compiled = not problems
-        if problems:
-            warn(f"warning: torch.compile does not work here ({problems[0]}); training without it")
-    ddp = None
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    # Compiling the DDP wrapper (not DDP around a compiled model) lets dynamo split the graph at
-    # DDP's buckets, so gradient all-reduces overlap with the backward pass.
-    fwd = ddp if ddp is not None else model
-    fwd = torch.compile(fwd) if compiled else fwd
-    eval_model = model if dist.enabled else fwd  # evaluation needs no gradient sync
-    tokenizer = load_tokenizer(data_dir) if dist.main else None
-    if tokenizer is not None and found is None:
-        tokenizer.save(out / "tokenizer")  # the run folder is then enough for generate and export
-    tokens_per_step = tc.batch_size * T * tc.grad_accum * dist.world_size
-    val_split = meta.get("val", {})
-    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-
-    def do_eval() -> float:
-        val_loss = evaluate(eval_model, val_tokens, tc, T, device, dist, precision.dtype)
-        if dist.main:
-            row = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
-            bpb = split_bits_per_byte(val_loss, val_split)
-            if bpb is not None:
-                row["val_bpb"] = bpb
-            metrics.log(**row)
-            text = sample_text(model, tokenizer, tc.sample_tokens, device, tc.seed)
-            if text is not None:
-                with open(out / "samples.txt", "a", encoding="utf-8") as f:
-                    f.write(sample_entry(step, val_loss, text))
-            metrics.plot(out / "loss.png", title=f"{out.name}: {model.num_params() / 1e6:.1f}M parameters")
-            say(f"step {step}: val loss {val_loss:.4f}" + (f", {row['val_bpb']:.3f} bits/byte"
-                                                              if "val_bpb" in row else ""))
-        return val_loss
-
-    def do_save(val_loss: float | None) -> None:
-        nonlocal best_val, best_ckpt
-        rngs = dist.gather(ckpt.rng_state())
-        if not dist.main:
-            return
-        is_best = val_loss is not None and val_loss < best_val
-        if is_best:
-            best_val, best_ckpt = val_loss, ckpt_dir / f"step_{step}"
-        state = {"tokens": step * tokens_per_step, "val_loss": val_loss,
-                 "best_val": best_val if math.isfinite(best_val) else None,  # strict JSON has no Infinity
-                 "best_ckpt": best_ckpt.name if best_ckpt else None, "loader": loader.state_dict(),
-                 "scaler": scaler.state_dict(), "world_size": dist.world_size, "dtype": precision.dtype}
-        if dist.world_size > 1:
-            state["rng_ranks"] = rngs
-        ckpt.save_checkpoint(ckpt_dir, step, model, optimizer, state)
-        ckpt.prune(ckpt_dir, tc.keep_last, best_ckpt)
-
-    bar = tqdm(total=tc.max_steps, initial=step, disable=quiet or not dist.main, unit="step",
-               dynamic_ncols=True, file=sys.stderr)
-    val_loss = do_eval() if step == 0 and tc.eval_every else None
-    last_eval, last_save = step, (step if found is not None else -1)
-    t_start = t_log = time.perf_counter()
-    step_log = step
-    reason, by_signal, by_time, signal_stop = None, False, False, False
-    with _StopSignals() as signals:
-        while True:
-            if step >= tc.max_steps:
-                reason = f"reached max_steps {tc.max_steps}"
-            elif tc.max_tokens and step * tokens_per_step >= tc.max_tokens:
-                reason = f"reached the token budget {tc.max_tokens:,}"
-            elif by_signal:
-                signal_stop = True
-                reason = f"received {signals.received or 'a stop signal (on another rank)'}"
-            elif by_time:
-                reason = f"reached the time budget of {tc.max_minutes:g} minutes"
-            if reason:
-                break
-
-            lr = lr_at(step, tc)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(tc.grad_accum):
-                x, y = loader.next_batch()
-                if device.type == "cuda":
-                    x = x.pin_memory().to(device, non_blocking=True)
-                    y = y.pin_memory().to(device, non_blocking=True)
-                else:
-                    x, y = x.to(device), y.to(device)
-                # DDP averages gradients only on the last micro-batch; the others just accumulate.
-                sync = not dist.enabled or micro == tc.grad_accum - 1
-                with (contextlib.nullcontext() if sync else ddp.no_sync()), autocast(device, precision.dtype):
-                    _, loss = fwd(x, y)
-                    loss = loss / tc.grad_accum
-                scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-            if tc.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-
-            over_time = bool(tc.max_minutes) and time.perf_counter() - t_start >= tc.max_minutes * 60
-            stops = [signals.received is not None, over_time]
-            if step % tc.log_every == 0 or step == tc.max_steps:
-                # The one sync per log point. Under DDP the ranks also agree here on stopping (all
-                # must stop at the same step); a collective every step would stall the GPU.
-                loss_value, stops = dist.mean_and_flags(loss_sum, stops)
-                by_signal, by_time = stops
-                now = time.perf_counter()
-                tok_s = (step - step_log) * tokens_per_step / max(now - t_log, 1e-9)
-                t_log, step_log = now, step
-                if dist.main:
-                    metrics.log(step=step, loss=loss_value, lr=lr, tokens=step * tokens_per_step,
-                                tok_per_s=round(tok_s, 1))
-                    post = {"loss": f"{loss_value:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
-                    if peak:
-                        post["mfu"] = f"{100 * model.estimate_mfu(tok_s / dist.world_size, peak):.1f}%"
-                    bar.set_postfix(post, refresh=False)
-            elif not dist.enabled:
-                by_signal, by_time = stops
-            val_loss = None
-            if step % tc.eval_every == 0 or step == tc.max_steps:  # before the save, which records it
-                val_loss, last_eval = do_eval(), step
-            if step % tc.ckpt_every == 0:
-                do_save(val_loss)
-                last_save = step
-
-        # Still inside the signal handler: a Ctrl-C during the final evaluation must not lose the
-        # steps since the last checkpoint.
-        bar.close()
-        say(f"stopping: {reason}")
-        if last_eval != step and not signal_stop:  # a signal asks for a quick exit: the checkpoint only
-            val_loss = do_eval()
-        if last_save != step:
-            do_save(val_loss)
-    dist.barrier()
-    summary = {"run": str(out), "step": step, "tokens": step * tokens_per_step, "val_loss": val_loss,
-               "stop_reason": reason, "minutes": (time.perf_counter() - t_start) / 60,
-               "params": model.num_params()}
-    bpb = split_bits_per_byte(val_loss, val_split) if val_loss is not None else None
-    if bpb is not None:
-        summary["val_bpb"] = bpb
-    return summary
