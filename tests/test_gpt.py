@@ -269,3 +269,55 @@ def test_model_info_command(run_cli):
                                                "model.n_head (3)"]
     train_key = run_cli("model", "info", "--preset", "tiny", "--set", "train.lr=1e-3")
     assert train_key.returncode == 2 and "only model.* keys apply here" in train_key.stderr
+
+
+def test_zero_initialised_projections_make_every_block_the_identity():
+    torch.manual_seed(0)
+    model = GPT(small(zero_init_proj=True, tie_embeddings=False)).eval()
+    zeros = [n for n, p in model.named_parameters() if n.endswith("c_proj.weight") or n == "lm_head.weight"]
+    assert len(zeros) == 2 * 2 + 1 and all(not model.get_parameter(n).any() for n in zeros)
+    idx = torch.randint(0, V, (2, 16))
+    x = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(16))
+    torch.testing.assert_close(model._hidden(idx), model.transformer.ln_f(x))  # blocks add nothing yet
+    assert model(idx, idx)[1].item() == pytest.approx(math.log(V), abs=1e-6)  # a zero head: uniform
+    tied = GPT(small(zero_init_proj=True))
+    assert tied.lm_head.weight.std() > 0.01  # tied to the embedding, which must not start at zero
+
+
+def test_logit_softcap_bounds_the_logits_smoothly():
+    raw, capped = spread(GPT(small())), spread(GPT(small(logit_softcap=20.0)))
+    idx = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(0))
+    a, b = raw(idx)[0], capped(idx)[0]
+    assert a.abs().max() > 20.0 and b.abs().max() < 20.0
+    torch.testing.assert_close(b, 20.0 * torch.tanh(a / 20.0))
+    with pytest.raises(UserError, match="logit_softcap"):
+        small(logit_softcap=-1.0)
+
+
+def test_unet_skips_feed_the_first_half_into_the_second():
+    plain, skips = spread(GPT(small(n_layer=4))), GPT(small(n_layer=4, unet_skips=True))
+    missing = skips.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["skip_weights"] and skips.skip_weights.tolist() == [1.0, 1.0]
+    idx = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(plain(idx)[0], skips.eval()(idx)[0])
+    with torch.no_grad():
+        skips.skip_weights.zero_()  # without the skips it is the plain model
+    torch.testing.assert_close(plain(idx)[0], skips(idx)[0])
+
+
+@pytest.mark.parametrize("options", [
+    dict(unet_skips=True, n_layer=3), dict(zero_init_proj=True, logit_softcap=15.0),
+    dict(unet_skips=True, zero_init_proj=True, logit_softcap=30.0, n_layer=4)])
+def test_speedrun_options_train_stay_causal_and_cache_exactly(options):
+    torch.manual_seed(0)
+    model = GPT(small(pos="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False, **options))
+    idx = torch.randint(0, V, (2, 16))
+    model(idx, torch.roll(idx, -1, 1))[1].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    model = spread(model)
+    changed = idx.clone()
+    changed[:, 9:] = (changed[:, 9:] + 1) % V
+    torch.testing.assert_close(model(idx)[0][:, :9], model(changed)[0][:, :9], atol=1e-5, rtol=0)
+    prompt = idx[:, :4]
+    assert torch.equal(model.generate(prompt, 20, temperature=0), model.generate(prompt, 20, temperature=0,
+                                                                                 use_cache=False))

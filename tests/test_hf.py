@@ -96,10 +96,18 @@ def test_from_pretrained_folder_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("kw", [dict(pos="rope"), dict(pos="sinusoidal"), dict(norm="rmsnorm"),
-                                dict(mlp="swiglu"), dict(mlp="relu2"), dict(qk_norm=True)])
+                                dict(mlp="swiglu"), dict(mlp="relu2"), dict(qk_norm=True),
+                                dict(logit_softcap=15.0), dict(unet_skips=True)])
 def test_non_gpt2_options_refuse_to_convert(kw):
-    with pytest.raises(UserError, match="GPT-2"):
+    with pytest.raises(UserError, match="GPT-2") as e:
         to_hf(GPT(GPTConfig(**SMALL, **kw)))
+    assert "\n" not in str(e.value) and next(iter(kw)) in str(e.value)
+
+
+def test_zero_initialised_projections_still_convert():
+    model = randomised(GPTConfig(**SMALL, zero_init_proj=True))
+    idx = torch.randint(0, 300, (1, 32))
+    torch.testing.assert_close(to_hf(model)(idx).logits, model(idx)[0], atol=1e-5, rtol=0)
 
 
 def test_other_gpt2_variants_refuse_to_load():

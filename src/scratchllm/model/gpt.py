@@ -4,7 +4,9 @@ The default configuration is GPT-2 (Radford et al. 2019): learned positions, Lay
 each sub-layer, a GELU MLP four times as wide, biases, and a head that shares its weight with the
 token embedding. It converts exactly to `transformers.GPT2LMHeadModel` (see `hf.py`). Each
 modern alternative is one config field: RMSNorm, sinusoidal or rotary positions (RoPE, Su et al.
-2021), SwiGLU or ReLU² MLPs, QK-norm, untied head.
+2021), SwiGLU or ReLU² MLPs, QK-norm, untied head, and three cheap wins of the speedruns
+(modded-nanogpt): zero-initialised output projections, tanh soft-capped logits and U-net skips
+from the first half of the layers to the second.
 
 Attention is the fused form of `attention.MultiHeadAttention`: one QKV projection, heads as a
 tensor dimension, `scaled_dot_product_attention` (flash attention on CUDA). The training path
@@ -51,6 +53,9 @@ class GPTConfig:
     qk_norm: bool = False
     tie_embeddings: bool = True
     pad_vocab_multiple: int = 1  # the embedding and head get a multiple of this many rows
+    zero_init_proj: bool = False  # residual branches' output projections (and an untied head) start at 0
+    logit_softcap: float = 0.0  # logits -> c * tanh(logits / c); 0 turns it off
+    unet_skips: bool = False  # layer i's output also feeds layer n_layer-1-i, through a learned weight
 
     def __post_init__(self):
         for name, allowed in _CHOICES.items():
@@ -68,6 +73,8 @@ class GPTConfig:
             raise UserError(f"pos=sinusoidal needs an even n_embd, not {self.n_embd}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model.dropout must be in [0, 1), not {self.dropout}")
+        if not 0.0 <= self.logit_softcap < math.inf:
+            raise UserError(f"model.logit_softcap must be 0 (off) or positive, not {self.logit_softcap}")
 
     @property
     def head_dim(self) -> int:
@@ -257,12 +264,19 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, V, bias=False)
         if config.tie_embeddings:  # one Parameter, two names: state_dict and optimizers see it once
             self.lm_head.weight = self.transformer.wte.weight
+        if config.unet_skips:  # one weight per skip, from layer i to layer n_layer - 1 - i
+            self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2))
         self.apply(self._init_weights)
         # GPT-2: each residual branch's last projection is scaled so the residual stream's variance
-        # does not grow with depth (two branches per layer).
+        # does not grow with depth (two branches per layer). The speedruns start them at zero instead:
+        # every block is then the identity at first and grows into its role.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)
+        if config.zero_init_proj and not config.tie_embeddings:
+            nn.init.zeros_(self.lm_head.weight)
 
     @staticmethod
     def _init_weights(module):
@@ -305,14 +319,23 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
         x = self.transformer.drop(x)
+        skips, n = [], self.config.n_layer
         for i, block in enumerate(self.transformer.h):
+            if self.config.unet_skips and i >= n - n // 2:  # the second half takes the first's outputs
+                x = x + self.skip_weights[n - 1 - i] * skips.pop()
             x = block(x, rope, caches[i] if caches is not None else None)
+            if self.config.unet_skips and i < n // 2:
+                skips.append(x)
         return self.transformer.ln_f(x)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         # The padded rows exist only to make the matmul a friendly size; cut them off here so they
         # can never be sampled or take probability mass in the loss.
-        return self.lm_head(x)[..., :self.config.vocab_size]
+        logits = self.lm_head(x)[..., :self.config.vocab_size]
+        cap = self.config.logit_softcap
+        if cap:  # smoothly bounds the logits to (-cap, cap), in float32 as the loss is
+            logits = cap * torch.tanh(logits.float() / cap)
+        return logits
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """Logits (B, T, vocab_size) for token ids idx (B, T); with targets also the mean cross-entropy."""

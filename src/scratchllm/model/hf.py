@@ -27,12 +27,18 @@ def require_transformers():
     return transformers
 
 
+# transformers' GPT-2 has no counterpart for any other value of these (zero_init_proj, a way to
+# initialise, converts whatever its value).
+GPT2_ARCHITECTURE = {"pos": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False,
+                     "logit_softcap": 0.0, "unet_skips": False}
+
+
 def _check_gpt2(config: GPTConfig) -> None:
-    wanted = {"pos": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False}
-    wrong = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
+    wrong = [f"{k}={getattr(config, k)!r}" for k, v in GPT2_ARCHITECTURE.items() if getattr(config, k) != v]
     if wrong:
-        raise UserError(f"only the GPT-2 architecture converts to transformers (pos='learned', "
-                        f"norm='layernorm', mlp='gelu', qk_norm=False); this model has {', '.join(wrong)}")
+        need = ", ".join(f"{k}={v!r}" for k, v in GPT2_ARCHITECTURE.items())
+        raise UserError(f"only the GPT-2 architecture converts to transformers ({need}); this model has "
+                        f"{', '.join(wrong)}")
 
 
 def to_hf(model: GPT, eos_token_id: int | None = None):
