@@ -145,3 +145,17 @@ def test_schedule_sets_each_groups_lr_and_muons_momentum():
     assert lrs["adamw"] == pytest.approx([5e-4] * len(lrs["adamw"])) and lrs["muon"] == pytest.approx([0.01])
     assert opts.optimizers["muon"].param_groups[0]["momentum"] == pytest.approx(0.85 + 0.1 * 4 / 300)
     assert math.isclose(opts.schedule(100), 1e-4)
+
+
+def test_embed_lr_gives_the_embedding_tables_their_own_rate():
+    model = _model(tie_embeddings=False)
+    tc = TrainConfig(optimizer="muon", lr=4e-3, min_lr=4e-4, embed_lr=0.2, max_steps=10, warmup_steps=0)
+    opts = make_optimizer(model, tc)
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_lr = {g["lr"]: {names[id(p)] for p in g["params"]} for g in opts.optimizers["adamw"].param_groups
+             if g["lr"] == 0.2}
+    assert by_lr == {0.2: {"transformer.wte.weight", "transformer.wpe.weight"}}
+    opts.schedule(10)  # the end of the cosine: every group at min_lr/lr of its own peak
+    assert sorted({round(g["lr"], 6) for g in opts.optimizers["adamw"].param_groups}) == [4e-4, 0.02]
+    plain = make_optimizer(model, TrainConfig(lr=4e-3))  # embed_lr 0: one rate for all
+    assert {g["lr"] for g in plain.optimizers["adamw"].param_groups} == {4e-3}

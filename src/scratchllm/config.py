@@ -44,6 +44,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 turns clipping off
+    embed_lr: float = 0.0  # AdamW's learning rate for the embedding tables (0: train.lr, as for the rest)
     optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest)
     muon_lr: float = 0.02
     muon_momentum: float = 0.95  # reached after muon_momentum_warmup steps, from 0.85
@@ -93,6 +94,8 @@ class TrainConfig:
                 raise UserError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.seed < 2**32:
             raise UserError(f"train.seed must be in [0, 2**32), got {self.seed}")
+        if self.embed_lr < 0:
+            raise UserError(f"train.embed_lr must not be negative (0: train.lr), got {self.embed_lr}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise UserError(f"train.weight_decay and train.grad_clip must not be negative "
                             f"(got {self.weight_decay} and {self.grad_clip})")

@@ -61,16 +61,33 @@ def _attention_check() -> str:
     return f"softmax(QK^T/sqrt(d) + causal mask) V, step by step, equals fused attention: max diff {diff:.1e}"
 
 
+def prepare_data(source: str, out: Path, val_docs: int, vocab_size: int = VOCAB_SIZE, quiet: bool = False,
+                 log=_say):
+    """Stage 1 into `out`: raw/ shards, a BPE learned on all but the last `val_docs` documents in
+    tokenizer/, and tokens/ with those documents as val.bin; returns the tokenizer."""
+    from scratchllm.data.download import download, iter_downloaded
+    from scratchllm.data.sources import open_source
+    from scratchllm.tokenizer import tokenize_to_dir, train_tokenizer
+
+    raw, tok_dir, data_dir = out / "raw", out / "tokenizer", out / "tokens"
+    download(open_source(source), 100 * 10**6, raw, progress=not quiet, log=log)
+    docs = list(iter_downloaded(raw))
+    train_docs, held_out = docs[:-val_docs], docs[-val_docs:]
+    tok = train_tokenizer([d.text for d in train_docs], vocab_size, tok_dir, quiet=quiet)
+    log(f"learned a {tok.vocab_size:,}-token BPE on {len(train_docs)} texts -> {tok_dir / 'tokenizer.json'}")
+    meta = tokenize_to_dir(docs, tok, data_dir, val_docs=val_docs, quiet=quiet)
+    names = ", ".join(d.id for d in held_out[:3]) + (", ..." if len(held_out) > 3 else "")
+    log(f"tokens -> {data_dir}: train {meta['train']['tokens']:,}, val {meta['val']['tokens']:,} ({names})")
+    return tok
+
+
 def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool = False) -> dict:
     """Run the whole pipeline into `out`; print where everything went; return the final figures."""
     import torch
 
     from scratchllm.config import build_config
-    from scratchllm.data.download import download, iter_downloaded
-    from scratchllm.data.sources import open_source
     from scratchllm.data.tokens import read_tokens
     from scratchllm.model.gpt import GPT
-    from scratchllm.tokenizer import tokenize_to_dir, train_tokenizer
     from scratchllm.train.distributed import pick_device
     from scratchllm.train.precision import resolve
     from scratchllm.train.trainer import train
@@ -85,14 +102,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
 
     _say("== stage 1: data ==")
     raw, tok_dir, data_dir, run_dir = out / "raw", out / "tokenizer", out / "tokens", out / "run"
-    download(open_source("shakespeare"), 100 * 10**6, raw, progress=not quiet, log=_say)
-    docs = list(iter_downloaded(raw))
-    train_docs, val_docs = docs[:-VAL_PLAYS], docs[-VAL_PLAYS:]
-    tok = train_tokenizer([d.text for d in train_docs], VOCAB_SIZE, tok_dir, quiet=quiet)
-    _say(f"learned a {tok.vocab_size:,}-token BPE on {len(train_docs)} texts -> {tok_dir / 'tokenizer.json'}")
-    meta = tokenize_to_dir(docs, tok, data_dir, val_docs=VAL_PLAYS, quiet=quiet)
-    _say(f"tokens -> {data_dir}: train {meta['train']['tokens']:,}, val {meta['val']['tokens']:,} "
-         f"({', '.join(d.id for d in val_docs)})")
+    tok = prepare_data("shakespeare", out, VAL_PLAYS, quiet=quiet)
 
     _say("== stage 2: attention ==")
     _say(_attention_check())

@@ -196,15 +196,22 @@ def is_muon_param(name: str, p: torch.Tensor) -> bool:
     return p.ndim == 2 and name.startswith("transformer.h.")
 
 
+def _adamw_groups(named: list[tuple[str, torch.nn.Parameter]], tc) -> list[dict]:
+    """Matrices with weight decay, vectors without; the embedding tables at `embed_lr` when it is set."""
+    embeddings = [p for n, p in named if n.endswith(("wte.weight", "wpe.weight"))] if tc.embed_lr else []
+    rest = [p for _, p in named if all(p is not e for e in embeddings)]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": tc.weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+              {"params": embeddings, "weight_decay": tc.weight_decay, "lr": tc.embed_lr}]
+    return [g for g in groups if g["params"]]
+
+
 def make_optimizer(model: torch.nn.Module, tc, ns_dtype: torch.dtype = torch.bfloat16) -> Optimizers:
     """The optimizers `train.optimizer` names for `model`, as one `Optimizers`."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     muon = [p for n, p in named if tc.optimizer == "muon" and is_muon_param(n, p)]
-    taken = {id(p) for p in muon}
-    rest = [p for _, p in named if id(p) not in taken]
-    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": tc.weight_decay},
-              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
-    optimizers: dict[str, torch.optim.Optimizer] = {"adamw": _adamw([g for g in groups if g["params"]], tc)}
+    rest = [(n, p) for n, p in named if all(p is not m for m in muon)]
+    optimizers: dict[str, torch.optim.Optimizer] = {"adamw": _adamw(_adamw_groups(rest, tc), tc)}
     if muon:
         optimizers["muon"] = Muon(muon, ns_dtype=ns_dtype, lr=tc.muon_lr, momentum=tc.muon_momentum,
                                   weight_decay=tc.muon_weight_decay, nesterov=True)
