@@ -58,7 +58,7 @@ def _tokenizer_input(args):
 def cmd_tokenizer_train(args) -> int:
     import time
 
-    from scratchllm.tokenizer import train_tokenizer
+    from scratchllm.data.tokenize import train_tokenizer
     from scratchllm.util import parse_size
 
     if args.vocab_size < 258:
@@ -79,10 +79,9 @@ def cmd_tokenizer_train(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from scratchllm.tokenizer import load_tokenizer, tokenize_to_dir
+    from scratchllm.data.tokenize import tokenize_to_dir
 
-    tok = load_tokenizer(args.tokenizer)
-    meta = tokenize_to_dir(_tokenizer_input(args), tok, args.out, val_docs=args.val_docs,
+    meta = tokenize_to_dir(_tokenizer_input(args), args.tokenizer, args.out, val_docs=args.val_docs,
                            val_fraction=args.val_fraction, workers=args.workers, quiet=args.quiet)
     if not args.quiet:
         tr, va = meta["train"], meta["val"]
@@ -161,20 +160,22 @@ def _is_main_rank() -> bool:
 
 
 def cmd_eval(args) -> int:
-    import dataclasses
     import math
 
+    from scratchllm.data.tokens import TokenFolder
     from scratchllm.train.checkpoint import load_run, run_tokenizer
     from scratchllm.train.distributed import Dist, pick_device
     from scratchllm.train.metrics import split_bits_per_byte
-    from scratchllm.train.trainer import evaluate, open_data
+    from scratchllm.train.trainer import evaluate
 
     device = pick_device("auto")
     cfg, model, path = load_run(args.run, device, warn=lambda m: print(m, file=sys.stderr))
     data = args.data or cfg.train.data
     if not data:
         raise UserError(f"{args.run}: no token folder recorded; pass --data DIR")
-    meta, _, val, _ = open_data(data, dataclasses.replace(cfg, explicit=frozenset({"model.vocab_size"})))
+    folder = TokenFolder.open(data)
+    folder.model_vocab_size(cfg.model.vocab_size)  # the run's model must cover these ids
+    meta, val = folder.meta, folder.val
     if args.data and meta.get("tokenizer_sha256"):
         try:
             tok = run_tokenizer(args.run, cfg)

@@ -79,8 +79,8 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     from scratchllm.config import build_config
     from scratchllm.data.download import download, iter_downloaded
     from scratchllm.data.sources import open_source
+    from scratchllm.data.tokenize import tokenize_to_dir, train_tokenizer
     from scratchllm.model.gpt import GPT
-    from scratchllm.tokenizer import tokenize_to_dir, train_tokenizer
     from scratchllm.train.distributed import pick_device
     from scratchllm.train.precision import resolve
     from scratchllm.train.trainer import train

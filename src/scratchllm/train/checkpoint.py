@@ -211,7 +211,8 @@ def load_run(run: str | Path, device="cpu", warn=print):
 
 def run_tokenizer(run: str | Path, cfg):
     """The tokenizer a run was trained with: its own copy, else the one of its token folder."""
-    from scratchllm.tokenizer import Tokenizer, load_tokenizer_for_data
+    from scratchllm.data.tokenize import load_tokenizer_for_data
+    from scratchllm.tokenizer import Tokenizer
 
     own = Path(run) / "tokenizer"
     if (own / "tokenizer.json").is_file():

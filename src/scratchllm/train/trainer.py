@@ -9,7 +9,6 @@ Losses are read back from the device (`.item()`, a sync) only at log and eval po
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import re
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from scratchllm.config import Config, TrainConfig
+from scratchllm.data.tokens import TokenFolder
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.distributed import Dist, setup, teardown
 from scratchllm.train.loader import TokenLoader, eval_batches
@@ -84,37 +84,16 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.AdamW
 
 def open_data(data_dir: str | Path, cfg: Config) -> tuple[dict, np.ndarray, np.ndarray, Config]:
     """meta.json, the train and val token maps, and the config with vocab_size taken from the data."""
-    from scratchllm.data.tokens import read_tokens
-
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"{data_dir}: no such data folder (make one with `scratchllm tokenize`)")
-    meta = {}
-    if (data_dir / "meta.json").is_file():
-        try:
-            meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise UserError(f"{data_dir / 'meta.json'}: not valid JSON: {e}") from None
-    vocab = int(meta.get("vocab_size", 0))
-    if "model.vocab_size" not in cfg.explicit and vocab:
-        cfg = replace(cfg, model=replace(cfg.model, vocab_size=vocab))
-    elif vocab > cfg.model.vocab_size:
-        raise UserError(f"{data_dir}: the tokens use a vocabulary of {vocab:,}, larger than "
-                        f"model.vocab_size {cfg.model.vocab_size:,}")
-    train = read_tokens(data_dir / "train.bin")
-    val = read_tokens(data_dir / "val.bin")
-    if not meta:  # no meta.json to trust: look at the ids themselves
-        for name, tokens in (("train.bin", train), ("val.bin", val)):
-            if int(tokens.max(initial=0)) >= cfg.model.vocab_size:
-                raise UserError(f"{data_dir / name}: token ids reach {int(tokens.max())}, "
-                                f"beyond model.vocab_size {cfg.model.vocab_size:,}")
-    return meta, train, val, cfg
+    folder = TokenFolder.open(data_dir)
+    requested = cfg.model.vocab_size if "model.vocab_size" in cfg.explicit else 0
+    cfg = replace(cfg, model=replace(cfg.model, vocab_size=folder.model_vocab_size(requested)))
+    return folder.meta, folder.train, folder.val, cfg
 
 
 def load_tokenizer(data_dir: str | Path):
     """The data's tokenizer for text samples, or None when it cannot be loaded."""
     try:
-        from scratchllm.tokenizer import load_tokenizer_for_data
+        from scratchllm.data.tokenize import load_tokenizer_for_data
 
         return load_tokenizer_for_data(data_dir)
     except Exception:  # samples are a nicety; training must not depend on them
