@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scratchllm.config import DEFAULT_PRESET, PRESETS
 from scratchllm.util import UserError, one_line
 
 
@@ -122,29 +123,11 @@ def cmd_model_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from pathlib import Path
-
-    from scratchllm.config import build_config, load_run_config
     from scratchllm.train import train
+    from scratchllm.train.run_config import run_config
 
-    saved = Path(args.out) / "config.toml"
-    if args.resume and saved.is_file():
-        if args.preset or args.config:
-            raise UserError("--resume continues with the run's own config.toml; drop --preset/--config "
-                            "(--set still applies)")
-        cfg = load_run_config(saved).apply_sets(args.set)
-        cfg = cfg.update({"model": {"vocab_size": cfg.model.vocab_size}}, str(saved))  # keep its shape
-    else:
-        cfg = build_config(args.preset, args.config, args.set)
-    if args.max_steps is not None:
-        if args.resume and saved.is_file() and args.max_steps != cfg.train.max_steps:
-            print(f"note: --max-steps {args.max_steps} (the run's was {cfg.train.max_steps}) also stretches "
-                  "the cosine schedule, so the learning rate from here on differs from the run's plan",
-                  file=sys.stderr)
-        cfg = cfg.update({"train": {"max_steps": args.max_steps}}, "--max-steps")
-    if args.max_minutes is not None:
-        cfg = cfg.update({"train": {"max_minutes": args.max_minutes}}, "--max-minutes")
-    cfg.train.validate()
+    cfg = run_config(args.out, args.resume, args.preset, args.config, args.set, args.max_steps,
+                     args.max_minutes)
     summary = train(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet)
     if summary is not None and _is_main_rank():
         val = f", val loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else ""
@@ -384,14 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="inspect model presets", parents=[common])
     model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     p = add("info", cmd_model_info, "summary, parameters and FLOPs of a preset", parent=model_sub)
-    p.add_argument("--preset", required=True, help="tiny | seed | gpt2-124m | gpt2-350m | modern-124m")
+    p.add_argument("--preset", required=True, help=" | ".join(PRESETS))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model field, e.g. --set model.n_layer=2")
 
     p = add("train", cmd_train, "train a GPT on token files")
     p.add_argument("--data", required=True, help="folder with train.bin, val.bin, meta.json")
     p.add_argument("--out", required=True, help="run folder (runs/NAME)")
-    p.add_argument("--preset", default=None, help="model preset (default: tiny)")
+    p.add_argument("--preset", default=None, help=f"{' | '.join(PRESETS)} (default: {DEFAULT_PRESET})")
     p.add_argument("--config", default=None, help="a TOML config file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")

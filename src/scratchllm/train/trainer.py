@@ -85,8 +85,7 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.AdamW
 def open_data(data_dir: str | Path, cfg: Config) -> tuple[dict, np.ndarray, np.ndarray, Config]:
     """meta.json, the train and val token maps, and the config with vocab_size taken from the data."""
     folder = TokenFolder.open(data_dir)
-    requested = cfg.model.vocab_size if "model.vocab_size" in cfg.explicit else 0
-    cfg = replace(cfg, model=replace(cfg.model, vocab_size=folder.model_vocab_size(requested)))
+    cfg = replace(cfg, model=replace(cfg.model, vocab_size=folder.model_vocab_size(cfg.model.vocab_size)))
     return folder.meta, folder.train, folder.val, cfg
 
 
