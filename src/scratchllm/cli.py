@@ -1,4 +1,4 @@
-"""The `scratchllm` command: parses arguments, calls the library, turns user errors into one line.
+"""The `scratchllm` command: parses arguments, calls the library, prints, turns user errors into one line.
 
 Heavy libraries (torch, datasets, transformers) are imported inside the command functions so that
 `scratchllm --help` answers at once.
@@ -11,11 +11,6 @@ import sys
 
 from scratchllm.config import DEFAULT_PRESET, PRESETS
 from scratchllm.util import UserError, one_line
-
-
-def _not_built(name: str):
-    raise UserError(f"`scratchllm {name}` is not built yet")
-
 
 # --- stage 1: data -------------------------------------------------------------------------
 
@@ -224,70 +219,14 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import shutil
-    from pathlib import Path
+    from scratchllm.model.hf import export_run
 
-    from scratchllm.model.hf import require_transformers, to_hf
-    from scratchllm.train.checkpoint import load_run, run_tokenizer
-
-    transformers = require_transformers()  # before any work: it is an optional dependency
-    out = Path(args.out).resolve()
-    if out == Path.cwd().resolve():
-        raise UserError("--out names the current folder, which the export would replace; give a new folder")
-    if out.exists() and not _is_earlier_export(out):
-        raise UserError(f"{args.out} exists and is not an earlier export (only those are replaced); "
-                        "pick another --out")
-    if getattr(args, "quiet", False):
-        transformers.utils.logging.disable_progress_bar()
-    cfg, model, path = load_run(args.run, warn=lambda m: print(m, file=sys.stderr))
-    try:
-        tok = run_tokenizer(args.run, cfg)
-    except UserError:
-        tok = None
-    hf_model = to_hf(model, eos_token_id=tok.eot_id if tok else None)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    hf_model.save_pretrained(tmp)
-    note = "no tokenizer files (the run has no tokenizer)"
-    if tok is not None:
-        from transformers import PreTrainedTokenizerFast
-
-        eot = next((s for s, i in tok.special_tokens.items() if i == tok.eot_id), None)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok.to_hf(), eos_token=eot, bos_token=eot,
-                                       model_max_length=cfg.model.block_size)
-        fast.save_pretrained(tmp)
-        note = "with tokenizer files"
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    out, path, with_tokenizer = export_run(args.run, args.out, quiet=args.quiet,
+                                           warn=lambda m: print(m, file=sys.stderr))
+    note = "with tokenizer files" if with_tokenizer else "no tokenizer files (the run has no tokenizer)"
     print(f"wrote {out} ({path.name}, {note}); load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
-
-
-# What `export` writes (transformers' file names); a folder holding only these may be replaced.
-_EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
-
-
-def _is_earlier_export(folder) -> bool:
-    """Whether folder is empty or holds only what `export` writes, with a GPT-2 config."""
-    import json
-    import re
-
-    entries = list(folder.iterdir()) if folder.is_dir() else None
-    if entries is None:
-        return False
-    if not entries:
-        return True
-    names = {p.name for p in entries if p.is_file()}
-    shards = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
-    if len(names) != len(entries) or any(n not in _EXPORT_FILES and not shards.fullmatch(n) for n in names):
-        return False
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") == "gpt2"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def cmd_demo(args) -> int:
@@ -320,6 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    def group(name, help, dest):  # a command with actions of its own: `tokenizer train`, `model info`
+        return sub.add_parser(name, help=help, parents=[common]).add_subparsers(
+            dest=dest, metavar="ACTION", required=True)
+
+    _data_commands(add, group)
+    _run_commands(add, group)
+    return parser
+
+
+def _data_commands(add, group) -> None:
+    """Stage 1: estimate, download, tokenizer train, tokenize."""
     p = add("estimate", cmd_estimate, "estimate how many documents make a target size")
     p.add_argument("--source", default="shakespeare", help="shakespeare | hf:OWNER/NAME[:CONFIG] | "
                    "parquet:GLOB | jsonl:GLOB | text:GLOB (default: shakespeare)")
@@ -338,12 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-columns", default="",
                    help="comma-separated extra source columns to keep beside id and text")
 
-    tok = sub.add_parser("tokenizer", help="learn a BPE tokenizer from a source", parents=[common])
-    tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
-    p = add("train", cmd_tokenizer_train, "learn a byte-level BPE tokenizer", parent=tok_sub)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--source", default=None, help="source spec (default: shakespeare)")
-    src.add_argument("--data", default=None, help="a `download` output folder")
+    p = add("train", cmd_tokenizer_train, "learn a byte-level BPE tokenizer",
+            parent=group("tokenizer", "learn a BPE tokenizer from a source", "tokenizer_command"))
+    _corpus_arguments(p)
     p.add_argument("--vocab-size", type=int, required=True, help="bytes + merges + special tokens")
     p.add_argument("--out", required=True, help="folder for tokenizer.json")
     p.add_argument("--pattern", choices=["gpt4", "gpt2"], default="gpt4",
@@ -352,9 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes counting chunks (default: cores)")
 
     p = add("tokenize", cmd_tokenize, "encode documents into train.bin and val.bin")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--source", default=None, help="source spec (default: shakespeare)")
-    src.add_argument("--data", default=None, help="a `download` output folder")
+    _corpus_arguments(p)
     p.add_argument("--tokenizer", required=True,
                    help="a tokenizer folder, or a pretrained name: gpt2, cl100k_base, o200k_base")
     p.add_argument("--out", required=True, help="folder for train.bin, val.bin, meta.json, tokenizer.json")
@@ -364,17 +309,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="this fraction of documents (from the end) goes to val.bin")
     p.add_argument("--workers", type=int, default=None, help="encoding processes (default: cores)")
 
-    model = sub.add_parser("model", help="inspect model presets", parents=[common])
-    model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
-    p = add("info", cmd_model_info, "summary, parameters and FLOPs of a preset", parent=model_sub)
-    p.add_argument("--preset", required=True, help=" | ".join(PRESETS))
+
+def _corpus_arguments(p) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--source", default=None, help="source spec (default: shakespeare)")
+    src.add_argument("--data", default=None, help="a `download` output folder")
+
+
+def _run_commands(add, group) -> None:
+    """Stages 3 and 4: model info, train, eval, generate, export, demo."""
+    presets = " | ".join(PRESETS)
+    p = add("info", cmd_model_info, "summary, parameters and FLOPs of a preset",
+            parent=group("model", "inspect model presets", "model_command"))
+    p.add_argument("--preset", required=True, help=presets)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model field, e.g. --set model.n_layer=2")
 
     p = add("train", cmd_train, "train a GPT on token files")
     p.add_argument("--data", required=True, help="folder with train.bin, val.bin, meta.json")
     p.add_argument("--out", required=True, help="run folder (runs/NAME)")
-    p.add_argument("--preset", default=None, help=f"{' | '.join(PRESETS)} (default: {DEFAULT_PRESET})")
+    p.add_argument("--preset", default=None, help=f"{presets} (default: {DEFAULT_PRESET})")
     p.add_argument("--config", default=None, help="a TOML config file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
@@ -409,7 +363,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "run all four stages on the built-in corpus")
     p.add_argument("--out", default="demo", help="folder for everything the demo makes (default: demo)")
     p.add_argument("--minutes", type=float, default=None, help="training time budget in minutes")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
