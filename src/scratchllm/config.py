@@ -17,6 +17,7 @@ import sys
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from scratchllm.util import UserError, atomic_write_bytes
 
@@ -178,7 +179,7 @@ class Config:
 
     def update(self, values: dict, origin: str) -> Config:
         """Apply {'model': {...}, 'train': {...}} with type checks; `origin` names the source in errors."""
-        parts = {"model": self.model, "train": self.train}
+        parts: dict[str, Any] = {"model": self.model, "train": self.train}
         for section, table in values.items():
             if section not in parts or not isinstance(table, dict):
                 raise UserError(f"{origin}: unknown section {section!r} (use [model] and [train])")

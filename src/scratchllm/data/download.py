@@ -124,7 +124,7 @@ def _write_shard(path: Path, docs: list[Document], keep_columns: list[str], sche
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = {"id": [d.id for d in docs], "text": [d.text for d in docs]}
+    columns: dict[str, list] = {"id": [d.id for d in docs], "text": [d.text for d in docs]}
     for name in keep_columns:
         columns[name] = [d.extra.get(name) for d in docs]
     arrays = []
@@ -237,8 +237,8 @@ def _checked_arguments(target_bytes: int, shard_size: int, keep_columns) -> list
 def _first_document(source: Source, docs: Iterator[Document], keep_columns: list[str]) -> Document | None:
     """The stream's first document (None if it is empty), which must carry every kept column."""
     first = next(docs, None)
-    missing = [c for c in keep_columns if first is not None and c not in first.extra]
-    if missing:
+    missing = [c for c in keep_columns if c not in first.extra] if first is not None else []
+    if first is not None and missing:
         raise UserError(f"--keep-columns {', '.join(missing)}: not in {source.spec} "
                         f"(its extra columns: {', '.join(first.extra) or 'none'})")
     return first

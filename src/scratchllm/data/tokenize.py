@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from array import array
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,8 @@ def describe_source(source) -> str:
 def encode_documents(tok: Tokenizer, texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tokens of the documents, each followed by EOT, plus per-document token (with EOT) and byte counts."""
     eot = np.array([tok.eot_id], dtype=dtype)
-    parts, n_tokens, n_bytes = [], np.empty(len(texts), np.int64), np.empty(len(texts), np.int64)
+    parts: list[np.ndarray] = []
+    n_tokens, n_bytes = np.empty(len(texts), np.int64), np.empty(len(texts), np.int64)
     for i, text in enumerate(texts):
         ids = tok.encode_to_numpy(text)
         parts += (ids, eot)
@@ -89,7 +91,7 @@ def encode_documents(tok: Tokenizer, texts: list[str], dtype) -> tuple[np.ndarra
     return tokens, n_tokens, n_bytes
 
 
-_worker_state: tuple | None = None
+_worker_state: tuple = ()  # (tokenizer, dtype), set in each worker
 
 
 def _init_worker(tok: Tokenizer, dtype) -> None:
@@ -123,7 +125,7 @@ def encode_stream(tok: Tokenizer, docs, dtype, workers: int = 1, batch_bytes: in
 # --- the whole stage -----------------------------------------------------------------------------
 
 
-def _val_count(n_docs: int, val_docs: int | None, val_fraction: float | None) -> int:
+def _val_count(n_docs: int, val_docs: int | None, val_fraction: float) -> int:
     if val_docs is None:
         val_docs = max(1, round(n_docs * val_fraction))
     if n_docs < 2 and val_docs > 0:
@@ -139,7 +141,8 @@ class _Progress:
     cannot be read fails with its one-line error and nothing else)."""
 
     def __init__(self, quiet: bool):
-        self.quiet, self.bar = quiet, None
+        self.quiet = quiet
+        self.bar: Any = None  # a tqdm bar, imported only when one is shown
 
     def update(self, n_bytes: int, tokens_per_s: float) -> None:
         if self.quiet:
@@ -164,8 +167,9 @@ class _Progress:
         return False
 
 
-def _split_rule(source, val_docs: int | None, val_fraction: float | None) -> tuple[int | None, float | None]:
-    """The (val_docs, val_fraction) to split by, checked; without either, the source's own or 1%."""
+def _split_rule(source, val_docs: int | None, val_fraction: float | None) -> tuple[int | None, float]:
+    """(val_docs, val_fraction), checked; the fraction counts only without val_docs. Given neither, the
+    source's own split or 1%."""
     if val_docs is not None and val_fraction is not None:
         raise UserError("give --val-docs or --val-fraction, not both")
     if val_docs is not None and val_docs < 0:
@@ -174,8 +178,7 @@ def _split_rule(source, val_docs: int | None, val_fraction: float | None) -> tup
         raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     if val_docs is None and val_fraction is None:
         val_docs = DEFAULT_VAL_DOCS.get(base_spec(source))
-        val_fraction = DEFAULT_VAL_FRACTION if val_docs is None else None
-    return val_docs, val_fraction
+    return val_docs, DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
 
 
 def _check_workers(workers: int | None) -> int:

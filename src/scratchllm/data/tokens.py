@@ -25,7 +25,7 @@ from scratchllm.util import UserError, atomic_path, atomic_write_json, one_line
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 # (magic, version) for each token width.
-FORMATS = {
+FORMATS: dict[np.dtype, tuple[int, int]] = {
     np.dtype("<u2"): (20240520, 1),
     np.dtype("<u4"): (20240801, 7),
 }

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import pairwise
 
 import regex
@@ -56,7 +56,7 @@ def count_chunks(texts: Iterable[str], pattern: str = "gpt4", max_bytes: int | N
     return counts
 
 
-_split = None
+_split: Callable[[str], list[str]]  # how each counting process cuts text, set by _set_pattern
 
 
 def _set_pattern(pattern: str) -> None:
@@ -72,19 +72,22 @@ def _count_batch(texts: list[str]) -> Counter:
 
 
 def _text_batches(texts: Iterable[str], max_bytes: int | None, batch_bytes: int):
-    batch, size, seen = [], 0, 0
+    batch: list[str] = []
+    size = seen = 0
     for text in texts:
-        if max_bytes is not None and seen >= max_bytes:
+        room = None if max_bytes is None else max_bytes - seen
+        if room is not None and room <= 0:
             break
         data = text.encode("utf-8", errors="surrogatepass")
-        last = max_bytes is not None and seen + len(data) > max_bytes
-        if last:
+        if room is not None and len(data) > room:
             # Cut the last text to the budget, dropping a character the cut splits.
-            text = data[:max_bytes - seen].decode("utf-8", errors="ignore")
+            text = data[:room].decode("utf-8", errors="ignore")
             data = text.encode("utf-8")
+            seen += room  # the cut text is the last, even if a byte short
+        else:
+            seen += len(data)
         batch.append(text)
         size += len(data)
-        seen = max_bytes if last else seen + len(data)  # the cut text is the last, even if a byte short
         if size >= batch_bytes:
             yield batch
             batch, size = [], 0
