@@ -1,6 +1,7 @@
-"""The shape of the code: short functions of low complexity, and modules that import each other one way."""
+"""The shape of the code: short, simple functions; imports that run one way; the README's map of it."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,13 @@ def test_no_import_cycle():
 ])
 def test_cycle_finder(graph, expected):
     assert _cycle(graph) == expected
+
+
+def test_readme_layout_names_every_module():
+    """The layout section of README.md lists each module of the package, and nothing that is gone."""
+    readme = (SRC.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    listed = set(re.findall(r"^  ([\w/]+\.py)\b", layout, flags=re.M))
+    actual = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+              if p.name not in ("__init__.py", "__main__.py")}
+    assert listed == actual

@@ -5,7 +5,8 @@ OUT/shard_000000.parquet ... hold the documents in source order (columns `id`, `
 this safe: a shard is written under a temporary name, fsynced and renamed, and only then is it
 added to the manifest (itself replaced atomically). After a crash the manifest names only whole
 shards; the run resumes after the last one, and since shard boundaries depend only on the documents,
-a resumed download ends with exactly the files an uninterrupted one writes.
+a resumed download ends with exactly the files an uninterrupted one writes. While a download
+writes, it holds OUT/.lock, so a second one into the same folder stops at once.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Stage 1, step 3: a corpus becomes a tokenizer (`train_tokenizer`) and a token folder (`tokenize_to_dir`).
 
-A corpus is a source spec, a `download` folder, a Source or any iterable of documents or strings.
+A corpus is a source spec, a `download` folder, a Source, or any iterable of documents or strings.
 
-Corpus -> train.bin, val.bin, meta.json: parallel encoding, order kept, memory bounded, atomic output.
+`tokenize_to_dir` writes train.bin, val.bin and meta.json: parallel encoding, source order kept,
+memory bounded, atomic output.
 
 The documents stream through once. The main process groups them into batches of about 1 MB of
 text and hands the batches to worker processes; at most a few batches per worker are in flight,

@@ -9,6 +9,7 @@ Training, in three steps:
 3. Repeatedly merge the most frequent pair into a new token. Only the chunks that hold that pair
    change, so only their pair counts are updated; a heap finds the next most frequent pair.
    Recounting every pair after every merge (the textbook loop) costs hours for an 8k vocabulary.
+`learn_bpe` returns the merges; `encoding.train_bpe` makes a `Tokenizer` of them.
 
 Tie rule: among pairs with the same count, the one with the smallest (left id, right id) wins.
 It depends on nothing but the counts, so the same text and vocab size always give the same merges.
