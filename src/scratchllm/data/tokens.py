@@ -274,13 +274,13 @@ def write_meta(folder: str | Path, meta: dict) -> dict:
     return meta
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TokenFolder:
     """A token folder, opened and checked: train.bin and val.bin memory-mapped, meta.json read.
 
-    `open` refuses a folder whose token files are not whole, whose counts differ from meta.json's or
-    whose ids reach past meta.json's vocabulary. A folder of llm.c or modded-nanogpt shards has no
-    meta.json; its ids are checked against the model's vocabulary (`model_vocab_size`) instead.
+    `open` refuses a folder whose token files are not whole, whose counts or widths differ from
+    meta.json's or whose ids reach past meta.json's vocabulary. A folder of llm.c or modded-nanogpt
+    shards has no meta.json; its ids are checked against the model's vocabulary (`model_vocab_size`).
     Every id is read at each opening (in blocks of 16M tokens: seconds for gigabytes, from the page
     cache faster still), so nothing is cached and opening never writes to the folder.
     """
@@ -305,6 +305,9 @@ class TokenFolder:
             if meta and len(tokens) != meta[name]["tokens"]:
                 raise UserError(f"{file}: holds {len(tokens):,} tokens but meta.json says "
                                 f"{meta[name]['tokens']:,}")
+            if meta.get("token_dtype", tokens.dtype.name) != tokens.dtype.name:
+                raise UserError(f"{file}: holds {tokens.dtype.name} tokens but meta.json says "
+                                f"{meta['token_dtype']}")
             max_ids[name] = max_id(tokens)
             if meta and max_ids[name] >= meta["vocab_size"]:
                 check_range(tokens, meta["vocab_size"], file)  # raises, naming the first such id
