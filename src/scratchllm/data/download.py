@@ -150,14 +150,13 @@ def download_lock(folder: Path) -> Iterator[None]:
     """Hold folder/.lock while a download writes there; UserError at once if another download holds it.
 
     It is the operating system's file lock (through filelock), which ends with the process holding it
-    however that ends, kill -9 included: a dead download never blocks the next one. The file is
-    removed while still held, so that a process which opened it meanwhile finds the file gone once it
-    gets the lock, and tries again (filelock checks); Windows removes it itself on release.
+    however that ends, kill -9 included: a dead download never blocks the next one. The empty file
+    stays after release (except on Windows): removing a locked path would let a process that opened
+    it before the removal and one that creates it anew each hold "the" lock.
     """
     from filelock import FileLock, Timeout
 
-    path = folder / ".lock"
-    lock = FileLock(path, timeout=0)
+    lock = FileLock(folder / ".lock", timeout=0)
     try:
         lock.acquire()
     except Timeout:
@@ -165,8 +164,6 @@ def download_lock(folder: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):  # Windows: an open file cannot be removed
-            path.unlink()
         lock.release()
 
 
