@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
+# Style, types, and the code's shape: functions of at most 80 lines and radon rank C or better,
+# no import cycle (tests/test_code_shape.py).
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks configs
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q tests/test_code_shape.py
 
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -17,18 +17,17 @@ timeout 170 "$PY" benchmarks/gpu_train.py --steps 30
 
 echo "== 2. scratchllm train (gpt2-124m, eager, bf16, 30 steps: the trainer's own loop) =="
 "$PY" - "$WORK/data" <<'PY'
-import json, sys
+import sys
 from pathlib import Path
 import numpy as np
-from scratchllm.data.tokens import write_tokens
+from scratchllm.data.tokens import write_meta, write_tokens
 out = Path(sys.argv[1]); out.mkdir()
 rng = np.random.default_rng(0)
 for split, n in (("train", 20_000_000), ("val", 2_000_000)):
     write_tokens(out / f"{split}.bin", rng.integers(0, 50257, n, dtype=np.uint16))
-meta = {"tokenizer": "gpt2", "vocab_size": 50257, "eot_id": 50256, "token_dtype": "uint16",
-        "source": "synthetic", "train": {"documents": 1, "tokens": 20_000_000, "bytes": 80_000_000},
-        "val": {"documents": 1, "tokens": 2_000_000, "bytes": 8_000_000}}
-(out / "meta.json").write_text(json.dumps(meta))
+write_meta(out, {"tokenizer": "gpt2", "vocab_size": 50257, "eot_id": 50256, "token_dtype": "uint16",
+                 "source": "synthetic", "train": {"documents": 1, "tokens": 20_000_000, "bytes": 80_000_000},
+                 "val": {"documents": 1, "tokens": 2_000_000, "bytes": 8_000_000}})
 PY
 timeout 100 "$PY" -m scratchllm train --data "$WORK/data" --out "$WORK/run" --preset gpt2-124m --quiet \
   --set train.compile=false --set train.dtype=bfloat16 --set train.batch_size=16 --set train.grad_accum=1 \

@@ -177,14 +177,15 @@ def report(corpus: str, curves: dict[str, Curve], meta: dict, steps: int) -> dic
     at_equal_time = best.loss_at_seconds(base_seconds)
     _say(f"\n{corpus}: {steps} steps each, same batches, {best.points[-1][1] / base_seconds:.2f}x the "
          f"baseline's time per step")
-    _say(f"  held-out bits/byte at equal steps ({steps}): baseline {base.final_bpb:.3f}, best {best.final_bpb:.3f}")
+    _say(f"  held-out bits/byte at equal steps ({steps}): baseline {base.final_bpb:.3f}, "
+         f"best {best.final_bpb:.3f}")
     _say(f"  held-out bits/byte at equal time ({base_seconds:.0f} s, evaluation batches): baseline "
          f"{bpb(target):.3f}, best {bpb(at_equal_time):.3f}")
     fraction = time_fraction = None
     if steps_needed is not None:
         fraction, time_fraction = steps_needed / steps, seconds_needed / base_seconds
-        _say(f"  the best recipe reaches the baseline's final loss ({target:.4f}) at step {steps_needed:.0f}: "
-             f"{fraction:.2f} of the steps, {time_fraction:.2f} of the time")
+        _say(f"  the best recipe reaches the baseline's final loss ({target:.4f}) at step "
+             f"{steps_needed:.0f}: {fraction:.2f} of the steps, {time_fraction:.2f} of the time")
     else:
         _say(f"  the best recipe never reaches the baseline's final loss ({target:.4f})")
     return {"corpus": corpus, "baseline_bpb": round(base.final_bpb, 4), "best_bpb": round(best.final_bpb, 4),
@@ -204,15 +205,17 @@ def main() -> None:
     steps = args.steps or (200 if args.quick else 600)
     from scratchllm.train.precision import resolve
 
-    precision = resolve("auto", torch.device("cpu") if not torch.cuda.is_available() else torch.device("cuda"))
-    _say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {precision.dtype} ({precision.reason})")
+    precision = resolve("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    _say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {precision.dtype} "
+         f"({precision.reason})")
     lines = []
     for corpus in args.corpus.split(","):
         data = corpus_tokens(corpus)
         cfgs = {name: build_config(preset, sets=[f"train.max_steps={steps}", *args.set])
                 for name, preset in RECIPES.items()}
         meta = json.loads((data / "meta.json").read_text())
-        _say(f"\n== {corpus}: train {meta['train']['tokens']:,} tokens, held out {meta['val']['tokens']:,} ==")
+        _say(f"\n== {corpus}: train {meta['train']['tokens']:,} tokens, "
+             f"held out {meta['val']['tokens']:,} ==")
         lines.append(report(corpus, race(cfgs, data, steps), meta, steps))
     for line in lines:
         print(json.dumps(line))

@@ -20,7 +20,8 @@ import tempfile
 import time
 
 from scratchllm.data.sources import open_source
-from scratchllm.tokenizer import GPT4_PATTERN, Tokenizer, tokenize_to_dir, train_bpe
+from scratchllm.data.tokenize import tokenize_to_dir
+from scratchllm.tokenizer import GPT4_PATTERN, Tokenizer, train_bpe
 from scratchllm.tokenizer.parallel import default_workers
 
 

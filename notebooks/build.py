@@ -2,10 +2,10 @@
 
 Each notebook is written as a plain Python file in `notebooks/source/` in the "percent" format
 that VS Code, PyCharm and jupytext understand: `# %%` starts a code cell, `# %% [markdown]` starts
-a markdown cell whose lines are comments (`# ` is stripped). This script turns every source into
-`notebooks/NAME.ipynb`, runs it top to bottom on the `python3` kernel with nbclient, and saves it
-with its outputs, so the notebooks read well on a code host and the diff of a change is the diff
-of a .py file.
+a markdown cell whose lines are comments (`# ` is stripped). This script reads every source with
+jupytext, writes it as `notebooks/NAME.ipynb`, runs it top to bottom on the `python3` kernel with
+nbclient, and saves it with its outputs, so the notebooks read well on a code host and the diff of
+a change is the diff of a .py file.
 
     python notebooks/build.py                  # build and execute all notebooks
     python notebooks/build.py 02_masked_attention --no-execute
@@ -22,6 +22,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import jupytext
 import nbformat
 from nbclient import NotebookClient
 
@@ -37,30 +38,8 @@ def sources() -> list[Path]:
 
 
 def parse_percent(text: str) -> list[tuple[str, str]]:
-    """Split a percent-format file into (cell_type, source) pairs: 'code' or 'markdown'."""
-    cells: list[tuple[str, list[str]]] = []
-    for line in text.splitlines():
-        if line.startswith("# %%"):
-            kind = "markdown" if "[markdown]" in line else "code"
-            cells.append((kind, []))
-        elif cells:
-            cells[-1][1].append(line)
-        elif line.strip():
-            raise ValueError(f"text before the first '# %%' marker: {line!r}")
-    out = []
-    for kind, lines in cells:
-        if kind == "markdown":
-            bad = [ln for ln in lines if ln and not ln.startswith("#")]
-            if bad:
-                raise ValueError(f"markdown cell line without '#': {bad[0]!r}")
-            lines = [ln[2:] if ln.startswith("# ") else ln[1:] for ln in lines]
-        while lines and not lines[-1].strip():
-            lines.pop()
-        while lines and not lines[0].strip():
-            lines.pop(0)
-        if lines:
-            out.append((kind, "\n".join(lines)))
-    return out
+    """(cell_type, source) of each non-empty cell of a percent-format text: 'code' or 'markdown'."""
+    return [(c.cell_type, c.source) for c in jupytext.reads(text, fmt="py:percent").cells if c.source.strip()]
 
 
 def notebook_from_source(path: Path) -> nbformat.NotebookNode:

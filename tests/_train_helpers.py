@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchllm.data.tokens import write_tokens
+from scratchllm.data.tokens import write_meta, write_tokens
 
 # A model small enough for a few seconds of CPU, as --set arguments and as a dict.
 SMALL = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 64, "model.block_size": 64,
@@ -46,7 +46,7 @@ def byte_token_dir(folder: Path, data: bytes, val_fraction: float = 0.1) -> Path
     split = {"train": len(tokens) - n_val, "val": n_val}
     meta = {"tokenizer": "bytes", "vocab_size": 256, "eot_id": 0, "token_dtype": "uint16", "source": "test"}
     meta.update({k: {"documents": 1, "tokens": n, "bytes": n} for k, n in split.items()})
-    (folder / "meta.json").write_text(json.dumps(meta))
+    write_meta(folder, meta)
     return folder
 
 

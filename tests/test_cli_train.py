@@ -3,10 +3,11 @@ the exported model is a transformers model that generates the same greedy text."
 
 import json
 
+import numpy as np
 import pytest
 from _train_helpers import byte_token_dir, sets
 
-from scratchllm.data.tokens import write_tokens
+from scratchllm.data.tokens import read_tokens, write_tokens
 
 
 def _one_line_error(r, *words):
@@ -30,7 +31,8 @@ def run(tmp_path_factory):
     import sys
 
     from scratchllm.data.sources import open_source
-    from scratchllm.tokenizer import tokenize_to_dir, train_bpe
+    from scratchllm.data.tokenize import tokenize_to_dir
+    from scratchllm.tokenizer import train_bpe
 
     root = tmp_path_factory.mktemp("run")
     docs = [d for _, d in zip(range(4), open_source("shakespeare"), strict=False)]
@@ -213,3 +215,44 @@ def test_export_without_transformers_names_the_extra(monkeypatch, capsys, tmp_pa
     assert main(["export", "--run", str(tmp_path), "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["scratchllm: error: this needs the transformers package: pip install 'scratchllm[hf]'"]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("null", ["must hold a JSON object, not null"]),
+    ("[1, 2]", ["must hold a JSON object, not [1, 2]"]),
+    ('{"vocab_size": "abc"}', ['field "vocab_size" must be a positive integer, not "abc"']),
+    ('{"val": 5}', ['field "val" must be an object', "not 5"]),
+    ('{"val": {"documents": 1, "tokens": 4000, "bytes": "x"}}', ['field "val.bytes"', 'not "x"']),
+    ('{"train": {"documents": 1, "tokens": -3, "bytes": 9}}', ['field "train.tokens"', "not -3"]),
+    ('{"eot_id": 256}', ['field "eot_id" (256) must be below vocab_size (256)']),
+    ("{not json", ["not valid JSON"]),
+])
+def test_malformed_meta_json_is_one_line_naming_the_field(run_cli, byte_data, tmp_path, text, words):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.bin", "val.bin"):
+        (data / name).write_bytes((byte_data / name).read_bytes())
+    meta = json.loads((byte_data / "meta.json").read_text())
+    if text.startswith("{") and not text.startswith("{not"):
+        text = json.dumps({**meta, **json.loads(text)})  # one field wrong, the rest as written
+    (data / "meta.json").write_text(text)
+    r = run_cli("train", "--data", data, "--out", tmp_path / "r")
+    _one_line_error(r, str(data / "meta.json"), *words)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_token_ids_beyond_meta_vocabulary_are_refused_on_opening(run_cli, run, byte_data, tmp_path, split):
+    data = tmp_path / "data"
+    data.mkdir()
+    meta = json.loads((byte_data / "meta.json").read_text())
+    for name in ("train", "val"):
+        tokens = np.array(read_tokens(byte_data / f"{name}.bin"))
+        if name == split:
+            tokens[len(tokens) // 2] = 256  # one id past the 256 of meta.json
+        write_tokens(data / f"{name}.bin", tokens)
+    (data / "meta.json").write_text(json.dumps(meta))
+    r = run_cli("train", "--data", data, "--out", tmp_path / "r", "--set", "model.vocab_size=300")
+    _one_line_error(r, f"{split}.bin", "token id 256", "vocabulary of 256")
+    assert not (tmp_path / "r").exists()
+    _one_line_error(run_cli("eval", "--run", run, "--data", data), f"{split}.bin", "token id 256")

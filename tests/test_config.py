@@ -1,5 +1,6 @@
-"""The run config: presets, TOML round trip, `--set` overrides with type checks."""
+"""The run config: presets, TOML round trip, `--set` overrides with type checks, the shipped configs."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,22 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+: the reference reader
 def test_preset_combines_model_and_training_settings():
     cfg = Config.preset("tiny")
     assert cfg.model == GPTConfig.preset("tiny")
-    assert cfg.train.lr == C.TRAIN_PRESETS["tiny"]["lr"]
+    assert cfg.train.lr == C.PRESETS["tiny"].train.lr == 2e-3
     assert Config.preset("gpt2-124m").train.grad_accum == 32
     with pytest.raises(UserError, match="unknown preset"):
         Config.preset("gpt5")
+    cfg.train.lr = 1.0  # a copy: the registry is unchanged
+    assert Config.preset("tiny").train.lr == 2e-3
+
+
+def test_a_runs_vocabulary_is_the_datas_unless_named():
+    assert GPTConfig.preset("tiny").vocab_size == 50257  # a model alone: GPT-2's vocabulary
+    assert build_config("tiny").model.vocab_size == 0  # 0: taken from the token folder
+    assert build_config("tiny", sets=["model.vocab_size=4096"]).model.vocab_size == 4096
+    from scratchllm.model.gpt import GPT
+
+    with pytest.raises(UserError, match="vocab_size is 0"):
+        GPT(build_config("tiny").model)
 
 
 def test_toml_round_trip_is_exact(tmp_path):
@@ -30,9 +43,11 @@ def test_toml_round_trip_is_exact(tmp_path):
     assert tomllib.loads(path.read_text()) == cfg.to_dict()  # a standard reader agrees
 
 
-def test_python310_reader_agrees_with_tomllib():
-    text = build_config("seed", sets=['train.data=C:\\data\\"x"', "train.max_minutes=1.5"]).to_toml()
-    assert C._read_flat_toml(text) == tomllib.loads(text)
+def test_strings_with_quotes_and_backslashes_round_trip(tmp_path):
+    cfg = build_config("seed", sets=['train.data=C:\\data\\"x"', "train.max_minutes=1.5"])
+    assert '\\' in cfg.train.data and '"' in cfg.train.data
+    cfg.save(tmp_path / "config.toml")
+    assert load_run_config(tmp_path / "config.toml") == cfg
 
 
 def test_sets_parse_by_field_type():
@@ -40,7 +55,6 @@ def test_sets_parse_by_field_type():
                                      "train.max_minutes=2", "train.device=cpu", "model.bias=false"])
     assert (cfg.model.n_layer, cfg.train.lr, cfg.train.compile) == (2, 1e-3, True)
     assert isinstance(cfg.train.max_minutes, float) and cfg.model.bias is False
-    assert {"model.n_layer", "train.lr", "model.bias"} <= cfg.explicit
 
 
 @pytest.mark.parametrize("item, message", [
@@ -94,12 +108,34 @@ CONFIGS = sorted(CONFIG_DIR.glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_shipped_configs_load_and_both_readers_agree(path):
+def test_shipped_configs_load_and_every_key_lands(path):
     cfg = build_config(None, path)  # every key known, every value valid
-    text = path.read_text()
-    assert C._read_flat_toml(text) == tomllib.loads(text)
-    assert cfg.explicit >= {f"{section}.{key}" for section, keys in tomllib.loads(text).items()
-                            for key in keys}
+    values = cfg.to_dict()
+    for section, keys in tomllib.loads(path.read_text()).items():
+        assert {k: values[section][k] for k in keys} == keys
+
+
+def _configs_build():
+    spec = importlib.util.spec_from_file_location("configs_build", CONFIG_DIR / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_configs_are_their_presets_as_configs_build_writes_them():
+    build = _configs_build()
+    assert sorted(build.RECIPES) == [p.name for p in CONFIGS]
+    for name, (preset, sets, _) in build.RECIPES.items():
+        assert (CONFIG_DIR / name).read_text() == build.render(name), f"run python configs/build.py ({name})"
+        assert build_config(None, CONFIG_DIR / name) == build_config(preset, sets=sets)
+
+
+def test_cli_help_lists_the_registrys_presets():
+    from scratchllm.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    help_text = train.format_help()
+    assert all(name in help_text for name in C.PRESETS)
 
 
 def test_gpt2_fineweb_config_is_half_a_million_tokens_a_step_for_10b_tokens():

@@ -115,3 +115,59 @@ def test_token_limit_is_refused_at_the_write_that_passes_it(tmp_path, monkeypatc
             w.write([7])
     assert w.n_tokens == 10 and "\n" not in str(e.value)
     assert list(tmp_path.iterdir()) == []  # the partial file is gone
+
+
+# --- token folders ------------------------------------------------------------------------------
+
+def _meta(n_train, n_val, vocab=1000, **extra):
+    return {"tokenizer": "test", "vocab_size": vocab, "eot_id": vocab - 1, "token_dtype": "uint16",
+            "source": "test", "train": {"documents": 1, "tokens": n_train, "bytes": n_train},
+            "val": {"documents": 1, "tokens": n_val, "bytes": n_val}, **extra}
+
+
+def _folder(path, train, val, meta=None):
+    path.mkdir(parents=True, exist_ok=True)
+    write_tokens(path / "train.bin", train, dtype="uint16")
+    write_tokens(path / "val.bin", val, dtype="uint16")
+    if meta is not None:
+        token_format.write_meta(path, meta)
+    return path
+
+
+def test_token_folder_reads_what_was_written_and_sizes_the_model(tmp_path):
+    train, val = list(range(500)), [999, 0, 3]
+    folder = token_format.TokenFolder.open(_folder(tmp_path / "d", train, val, _meta(500, 3)))
+    assert folder.train.tolist() == train and folder.split("val").tolist() == val
+    assert folder.max_ids == {"train": 499, "val": 999} and folder.meta["vocab_size"] == 1000
+    assert folder.model_vocab_size(0) == 1000  # 0: the data's
+    assert folder.model_vocab_size(1024) == 1024  # a larger model vocabulary is fine
+    with pytest.raises(UserError, match="vocabulary of 1,000, larger than model.vocab_size 512"):
+        folder.model_vocab_size(512)
+
+
+def test_token_folder_without_meta_checks_ids_against_the_model(tmp_path):
+    folder = token_format.TokenFolder.open(_folder(tmp_path / "d", [1, 2, 60000], [4]))
+    assert folder.meta == {} and folder.max_ids == {"train": 60000, "val": 4}
+    assert folder.model_vocab_size(65536) == 65536
+    with pytest.raises(UserError, match=r"train.bin: token ids reach 60000, beyond model.vocab_size 50,257"):
+        folder.model_vocab_size(0)  # 0 without meta.json: GPT-2's 50,257, what llm.c shards hold
+    assert token_format.TokenFolder.open(_folder(tmp_path / "e", [1, 2], [4])).model_vocab_size(0) == 50257
+    with pytest.raises(UserError, match="no meta.json"):
+        token_format.TokenFolder.open(tmp_path / "d", require_meta=True)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"token_dtype": "uint32"}, "holds uint16 tokens but meta.json says uint32"),
+    ({"train": {"documents": 1, "tokens": 7, "bytes": 7}}, "holds 5 tokens but meta.json says 7"),
+    ({"vocab_size": 4, "eot_id": 3}, "token id 4 at position 4 is outside the vocabulary of 4"),
+])
+def test_token_folder_refuses_files_that_disagree_with_meta(tmp_path, change, words):
+    path = _folder(tmp_path / "d", [0, 1, 2, 3, 4], [0], _meta(5, 1, **change))
+    with pytest.raises(UserError, match=words):
+        token_format.TokenFolder.open(path)
+
+
+def test_write_meta_checks_before_it_writes(tmp_path):
+    with pytest.raises(UserError, match='field "val.tokens" must be a non-negative integer, not null'):
+        token_format.write_meta(tmp_path, _meta(5, None))
+    assert list(tmp_path.iterdir()) == []

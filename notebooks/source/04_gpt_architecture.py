@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchinfo import summary
 
+from scratchllm.config import PRESETS
 from scratchllm.data.sources import open_source
 from scratchllm.model.attention import MultiHeadAttention
-from scratchllm.model.gpt import GPT, PRESETS, GPTConfig
+from scratchllm.model.gpt import GPT, GPTConfig
 from scratchllm.tokenizer import Tokenizer, train_bpe
 
 torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The `scratchllm` command: parses arguments, calls the library, turns user errors into one line.
+"""The `scratchllm` command: parses arguments, calls the library, prints, turns user errors into one line.
 
 Heavy libraries (torch, datasets, transformers) are imported inside the command functions so that
 `scratchllm --help` answers at once.
@@ -9,12 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scratchllm.config import DEFAULT_PRESET, PRESETS
 from scratchllm.util import UserError, one_line
-
-
-def _not_built(name: str):
-    raise UserError(f"`scratchllm {name}` is not built yet")
-
 
 # --- stage 1: data -------------------------------------------------------------------------
 
@@ -58,7 +54,7 @@ def _tokenizer_input(args):
 def cmd_tokenizer_train(args) -> int:
     import time
 
-    from scratchllm.tokenizer import train_tokenizer
+    from scratchllm.data.tokenize import train_tokenizer
     from scratchllm.util import parse_size
 
     if args.vocab_size < 258:
@@ -79,10 +75,9 @@ def cmd_tokenizer_train(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from scratchllm.tokenizer import load_tokenizer, tokenize_to_dir
+    from scratchllm.data.tokenize import tokenize_to_dir
 
-    tok = load_tokenizer(args.tokenizer)
-    meta = tokenize_to_dir(_tokenizer_input(args), tok, args.out, val_docs=args.val_docs,
+    meta = tokenize_to_dir(_tokenizer_input(args), args.tokenizer, args.out, val_docs=args.val_docs,
                            val_fraction=args.val_fraction, workers=args.workers, quiet=args.quiet)
     if not args.quiet:
         tr, va = meta["train"], meta["val"]
@@ -123,29 +118,11 @@ def cmd_model_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from pathlib import Path
-
-    from scratchllm.config import build_config, load_run_config
     from scratchllm.train import train
+    from scratchllm.train.run_config import run_config
 
-    saved = Path(args.out) / "config.toml"
-    if args.resume and saved.is_file():
-        if args.preset or args.config:
-            raise UserError("--resume continues with the run's own config.toml; drop --preset/--config "
-                            "(--set still applies)")
-        cfg = load_run_config(saved).apply_sets(args.set)
-        cfg = cfg.update({"model": {"vocab_size": cfg.model.vocab_size}}, str(saved))  # keep its shape
-    else:
-        cfg = build_config(args.preset, args.config, args.set)
-    if args.max_steps is not None:
-        if args.resume and saved.is_file() and args.max_steps != cfg.train.max_steps:
-            print(f"note: --max-steps {args.max_steps} (the run's was {cfg.train.max_steps}) also stretches "
-                  "the cosine schedule, so the learning rate from here on differs from the run's plan",
-                  file=sys.stderr)
-        cfg = cfg.update({"train": {"max_steps": args.max_steps}}, "--max-steps")
-    if args.max_minutes is not None:
-        cfg = cfg.update({"train": {"max_minutes": args.max_minutes}}, "--max-minutes")
-    cfg.train.validate()
+    cfg = run_config(args.out, args.resume, args.preset, args.config, args.set, args.max_steps,
+                     args.max_minutes)
     summary = train(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet)
     if summary is not None and _is_main_rank():
         val = f", val loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else ""
@@ -161,20 +138,22 @@ def _is_main_rank() -> bool:
 
 
 def cmd_eval(args) -> int:
-    import dataclasses
     import math
 
+    from scratchllm.data.tokens import TokenFolder
     from scratchllm.train.checkpoint import load_run, run_tokenizer
     from scratchllm.train.distributed import Dist, pick_device
     from scratchllm.train.metrics import split_bits_per_byte
-    from scratchllm.train.trainer import evaluate, open_data
+    from scratchllm.train.trainer import evaluate
 
     device = pick_device("auto")
     cfg, model, path = load_run(args.run, device, warn=lambda m: print(m, file=sys.stderr))
     data = args.data or cfg.train.data
     if not data:
         raise UserError(f"{args.run}: no token folder recorded; pass --data DIR")
-    meta, _, val, _ = open_data(data, dataclasses.replace(cfg, explicit=frozenset({"model.vocab_size"})))
+    folder = TokenFolder.open(data)
+    folder.model_vocab_size(cfg.model.vocab_size)  # the run's model must cover these ids
+    meta, val = folder.meta, folder.val
     if args.data and meta.get("tokenizer_sha256"):
         try:
             tok = run_tokenizer(args.run, cfg)
@@ -240,70 +219,14 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import shutil
-    from pathlib import Path
+    from scratchllm.model.hf import export_run
 
-    from scratchllm.model.hf import require_transformers, to_hf
-    from scratchllm.train.checkpoint import load_run, run_tokenizer
-
-    transformers = require_transformers()  # before any work: it is an optional dependency
-    out = Path(args.out).resolve()
-    if out == Path.cwd().resolve():
-        raise UserError("--out names the current folder, which the export would replace; give a new folder")
-    if out.exists() and not _is_earlier_export(out):
-        raise UserError(f"{args.out} exists and is not an earlier export (only those are replaced); "
-                        "pick another --out")
-    if getattr(args, "quiet", False):
-        transformers.utils.logging.disable_progress_bar()
-    cfg, model, path = load_run(args.run, warn=lambda m: print(m, file=sys.stderr))
-    try:
-        tok = run_tokenizer(args.run, cfg)
-    except UserError:
-        tok = None
-    hf_model = to_hf(model, eos_token_id=tok.eot_id if tok else None)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    hf_model.save_pretrained(tmp)
-    note = "no tokenizer files (the run has no tokenizer)"
-    if tok is not None:
-        from transformers import PreTrainedTokenizerFast
-
-        eot = next((s for s, i in tok.special_tokens.items() if i == tok.eot_id), None)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok.to_hf(), eos_token=eot, bos_token=eot,
-                                       model_max_length=cfg.model.block_size)
-        fast.save_pretrained(tmp)
-        note = "with tokenizer files"
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    out, path, with_tokenizer = export_run(args.run, args.out, quiet=args.quiet,
+                                           warn=lambda m: print(m, file=sys.stderr))
+    note = "with tokenizer files" if with_tokenizer else "no tokenizer files (the run has no tokenizer)"
     print(f"wrote {out} ({path.name}, {note}); load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
-
-
-# What `export` writes (transformers' file names); a folder holding only these may be replaced.
-_EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
-
-
-def _is_earlier_export(folder) -> bool:
-    """Whether folder is empty or holds only what `export` writes, with a GPT-2 config."""
-    import json
-    import re
-
-    entries = list(folder.iterdir()) if folder.is_dir() else None
-    if entries is None:
-        return False
-    if not entries:
-        return True
-    names = {p.name for p in entries if p.is_file()}
-    shards = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
-    if len(names) != len(entries) or any(n not in _EXPORT_FILES and not shards.fullmatch(n) for n in names):
-        return False
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") == "gpt2"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def cmd_demo(args) -> int:
@@ -336,6 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    def group(name, help, dest):  # a command with actions of its own: `tokenizer train`, `model info`
+        return sub.add_parser(name, help=help, parents=[common]).add_subparsers(
+            dest=dest, metavar="ACTION", required=True)
+
+    _data_commands(add, group)
+    _run_commands(add, group)
+    return parser
+
+
+def _data_commands(add, group) -> None:
+    """Stage 1: estimate, download, tokenizer train, tokenize."""
     p = add("estimate", cmd_estimate, "estimate how many documents make a target size")
     p.add_argument("--source", default="shakespeare", help="shakespeare | hf:OWNER/NAME[:CONFIG] | "
                    "parquet:GLOB | jsonl:GLOB | text:GLOB (default: shakespeare)")
@@ -354,12 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-columns", default="",
                    help="comma-separated extra source columns to keep beside id and text")
 
-    tok = sub.add_parser("tokenizer", help="learn a BPE tokenizer from a source", parents=[common])
-    tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
-    p = add("train", cmd_tokenizer_train, "learn a byte-level BPE tokenizer", parent=tok_sub)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--source", default=None, help="source spec (default: shakespeare)")
-    src.add_argument("--data", default=None, help="a `download` output folder")
+    p = add("train", cmd_tokenizer_train, "learn a byte-level BPE tokenizer",
+            parent=group("tokenizer", "learn a BPE tokenizer from a source", "tokenizer_command"))
+    _corpus_arguments(p)
     p.add_argument("--vocab-size", type=int, required=True, help="bytes + merges + special tokens")
     p.add_argument("--out", required=True, help="folder for tokenizer.json")
     p.add_argument("--pattern", choices=["gpt4", "gpt2"], default="gpt4",
@@ -368,9 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes counting chunks (default: cores)")
 
     p = add("tokenize", cmd_tokenize, "encode documents into train.bin and val.bin")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--source", default=None, help="source spec (default: shakespeare)")
-    src.add_argument("--data", default=None, help="a `download` output folder")
+    _corpus_arguments(p)
     p.add_argument("--tokenizer", required=True,
                    help="a tokenizer folder, or a pretrained name: gpt2, cl100k_base, o200k_base")
     p.add_argument("--out", required=True, help="folder for train.bin, val.bin, meta.json, tokenizer.json")
@@ -380,17 +309,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="this fraction of documents (from the end) goes to val.bin")
     p.add_argument("--workers", type=int, default=None, help="encoding processes (default: cores)")
 
-    model = sub.add_parser("model", help="inspect model presets", parents=[common])
-    model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
-    p = add("info", cmd_model_info, "summary, parameters and FLOPs of a preset", parent=model_sub)
-    p.add_argument("--preset", required=True, help="tiny | seed | gpt2-124m | gpt2-350m | modern-124m")
+
+def _corpus_arguments(p) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--source", default=None, help="source spec (default: shakespeare)")
+    src.add_argument("--data", default=None, help="a `download` output folder")
+
+
+def _run_commands(add, group) -> None:
+    """Stages 3 and 4: model info, train, eval, generate, export, demo."""
+    presets = " | ".join(PRESETS)
+    p = add("info", cmd_model_info, "summary, parameters and FLOPs of a preset",
+            parent=group("model", "inspect model presets", "model_command"))
+    p.add_argument("--preset", required=True, help=presets)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model field, e.g. --set model.n_layer=2")
 
     p = add("train", cmd_train, "train a GPT on token files")
     p.add_argument("--data", required=True, help="folder with train.bin, val.bin, meta.json")
     p.add_argument("--out", required=True, help="run folder (runs/NAME)")
-    p.add_argument("--preset", default=None, help="model preset (default: tiny)")
+    p.add_argument("--preset", default=None, help=f"{presets} (default: {DEFAULT_PRESET})")
     p.add_argument("--config", default=None, help="a TOML config file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
@@ -425,7 +363,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "run all four stages on the built-in corpus")
     p.add_argument("--out", default="demo", help="folder for everything the demo makes (default: demo)")
     p.add_argument("--minutes", type=float, default=None, help="training time budget in minutes")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

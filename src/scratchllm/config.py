@@ -1,31 +1,102 @@
-"""One typed configuration for a run: the model (`GPTConfig`) and the training (`TrainConfig`).
+"""One typed configuration for a run: the model (`GPTConfig`), the training (`TrainConfig`), the presets.
 
-A config is built in layers: a preset, then a TOML file, then `--set section.key=value` overrides.
-Every layer is type checked against the dataclass fields, so a typo or a wrong-typed value is an
-error the user sees at once instead of a setting that silently does nothing. A run folder keeps the
-final config as `config.toml`, which is everything needed to rebuild the model and continue.
+A config is built in layers: a preset from `PRESETS`, then a TOML file, then `--set section.key=value`
+overrides. Every layer is type checked against the dataclass fields, so a typo or a wrong-typed value
+is an error the user sees at once instead of a setting that silently does nothing. A run folder
+keeps the final config as `config.toml`, which is everything needed to rebuild the model and continue.
+
+`model.vocab_size = 0` means "the data's": training takes it from the token folder's meta.json.
+This module imports neither torch nor the model code, so the command line can show the presets in
+its help at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
-from scratchllm.model.gpt import GPTConfig
-from scratchllm.util import UserError
+from scratchllm.util import UserError, atomic_write_bytes
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: the small reader below covers the files we write
-    tomllib = None
+else:  # the same parser, published separately before it joined the standard library
+    import tomli as tomllib
 
+MODEL_CHOICES = {"norm": ("layernorm", "rmsnorm"), "pos": ("learned", "sinusoidal", "rope"),
+                 "mlp": ("gelu", "swiglu", "relu2")}
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: see train/precision.py
 ORDERS = ("random", "sequential")
-OPTIMIZERS = ("adamw", "muon")
+OPTIMIZERS = ("adamw", "muon")  # see train/optim.py
 SCHEDULES = ("cosine", "wsd")
+DEFAULT_PRESET = "tiny"
+
+
+@dataclass
+class GPTConfig:
+    """Shape and options of a GPT; the defaults are GPT-2 small (124M)."""
+
+    vocab_size: int = 50257  # 0 in a run's config: the token folder's vocabulary
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layernorm"
+    pos: str = "learned"
+    mlp: str = "gelu"
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    pad_vocab_multiple: int = 1  # the embedding and head get a multiple of this many rows
+    zero_init_proj: bool = False  # residual branches' output projections (and an untied head) start at 0
+    logit_softcap: float = 0.0  # logits -> c * tanh(logits / c); 0 turns it off
+    unet_skips: bool = False  # layer i's output also feeds layer n_layer-1-i, through a learned weight
+
+    def __post_init__(self):
+        for name, allowed in MODEL_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"model.{name} must be one of {', '.join(allowed)}, "
+                                f"not {getattr(self, name)!r}")
+        if int(self.vocab_size) < 0:
+            raise UserError("model.vocab_size must be a positive integer, or 0 for the data's")
+        for name in ("block_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"model.{name} must be a positive integer")
+        if self.n_embd % self.n_head:
+            raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:  # rotates pairs within each head
+            raise UserError(f"pos=rope needs an even head size, not {self.n_embd // self.n_head}")
+        if self.pos == "sinusoidal" and self.n_embd % 2:  # sine and cosine pairs across the embedding
+            raise UserError(f"pos=sinusoidal needs an even n_embd, not {self.n_embd}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.dropout must be in [0, 1), not {self.dropout}")
+        if not 0.0 <= self.logit_softcap < float("inf"):
+            raise UserError(f"model.logit_softcap must be 0 (off) or positive, not {self.logit_softcap}")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and the head: vocab_size rounded up to pad_vocab_multiple."""
+        m = self.pad_vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> GPTConfig:
+        """The model of `PRESETS[name]` (tiny, seed, gpt2-124m, ...) with fields overridden."""
+        if name not in PRESETS:
+            raise UserError(f"unknown model preset {name!r}: choose from {', '.join(PRESETS)}")
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserError(f"unknown model field(s): {', '.join(unknown)}")
+        return replace(PRESETS[name].model, **overrides)
 
 
 @dataclass
@@ -67,74 +138,48 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise UserError for values that cannot work."""
-        if self.dtype not in DTYPES:
-            raise UserError(f"train.dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        for name, allowed in (("dtype", DTYPES), ("order", ORDERS), ("optimizer", OPTIMIZERS),
+                              ("schedule", SCHEDULES)):
             if (value := getattr(self, name)) not in allowed:
                 raise UserError(f"train.{name} must be one of {', '.join(allowed)}, not {value!r}")
-        if not 0 < self.cooldown_frac <= 1:
-            raise UserError(f"train.cooldown_frac must be in (0, 1], got {self.cooldown_frac}")
-        if not 0 <= self.muon_momentum < 1 or self.muon_lr <= 0 or self.muon_weight_decay < 0:
-            raise UserError(f"need train.muon_lr > 0, 0 <= train.muon_momentum < 1 and "
-                            f"train.muon_weight_decay >= 0 (got {self.muon_lr}, {self.muon_momentum}, "
-                            f"{self.muon_weight_decay})")
-        if self.order not in ORDERS:
-            raise UserError(f"train.order must be one of {', '.join(ORDERS)}, not {self.order!r}")
-        for name in ("batch_size", "grad_accum", "eval_batches", "log_every", "eval_every", "ckpt_every",
-                     "keep_last"):
-            if getattr(self, name) < 1:
-                raise UserError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_tokens", "warmup_steps", "sample_tokens", "muon_momentum_warmup"):
-            if getattr(self, name) < 0:
-                raise UserError(f"train.{name} must not be negative, got {getattr(self, name)}")
-        if self.max_minutes < 0:
-            raise UserError(f"train.max_minutes must not be negative, got {self.max_minutes}")
-        for name in ("beta1", "beta2"):
+        for names, low, rule in _TRAIN_BOUNDS:
+            for name in names:
+                if (value := getattr(self, name)) < low:
+                    raise UserError(f"train.{name} must {rule}, got {value}")
+        for name in ("beta1", "beta2", "muon_momentum"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.seed < 2**32:
             raise UserError(f"train.seed must be in [0, 2**32), got {self.seed}")
-        if self.embed_lr < 0:
-            raise UserError(f"train.embed_lr must not be negative (0: train.lr), got {self.embed_lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise UserError(f"train.weight_decay and train.grad_clip must not be negative "
-                            f"(got {self.weight_decay} and {self.grad_clip})")
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise UserError(f"need 0 <= train.min_lr <= train.lr and lr > 0 "
-                            f"(lr={self.lr}, min_lr={self.min_lr})")
+        if not 0 < self.cooldown_frac <= 1:
+            raise UserError(f"train.cooldown_frac must be in (0, 1], got {self.cooldown_frac}")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr and self.muon_lr > 0):
+            raise UserError(f"need 0 <= train.min_lr <= train.lr and lr, muon_lr > 0 "
+                            f"(lr={self.lr}, min_lr={self.min_lr}, muon_lr={self.muon_lr})")
 
 
-# Training settings that suit each model preset (the model side comes from GPTConfig.preset).
-TRAIN_PRESETS: dict[str, dict] = {
-    # 2 CPU cores, a few minutes: learns Shakespeare visibly.
-    "tiny": dict(batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50, max_steps=2000, eval_every=100,
-                 eval_batches=10, ckpt_every=200),
-    # The original project's setup: 256 wide, 4 heads, 4 layers, context 512.
-    "seed": dict(batch_size=8, lr=6e-4, min_lr=6e-5, warmup_steps=100, max_steps=5000),
-    # GPT-2 small as in the paper and nanoGPT: ~0.5M tokens a step through accumulation.
-    "gpt2-124m": dict(batch_size=16, grad_accum=32, lr=6e-4, min_lr=6e-5, warmup_steps=700,
-                      max_steps=19073, eval_every=250, ckpt_every=1000),
-    "gpt2-350m": dict(batch_size=8, grad_accum=64, lr=3e-4, min_lr=3e-5, warmup_steps=700,
-                      max_steps=19073, eval_every=250, ckpt_every=1000),
-    "modern-124m": dict(batch_size=16, grad_accum=32, lr=1.5e-3, min_lr=1.5e-4, warmup_steps=700,
-                        max_steps=19073, eval_every=250, ckpt_every=1000),
-}
+# (fields, smallest allowed value, what the error says) for TrainConfig.validate
+_TRAIN_BOUNDS = [
+    (("batch_size", "grad_accum", "eval_batches", "log_every", "eval_every", "ckpt_every", "keep_last"), 1,
+     "be at least 1"),
+    (("max_steps", "max_tokens", "warmup_steps", "sample_tokens", "muon_momentum_warmup", "max_minutes",
+      "weight_decay", "grad_clip", "embed_lr", "muon_weight_decay"), 0, "not be negative"),
+]
 
 
 @dataclass
 class Config:
-    """A whole run: `model` and `train`. `explicit` records the keys a user set (not saved)."""
+    """A whole run: `model` and `train`."""
 
     model: GPTConfig = field(default_factory=GPTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    explicit: frozenset = field(default_factory=frozenset, repr=False, compare=False)
 
     @classmethod
     def preset(cls, name: str) -> Config:
-        """The model preset `name` with training settings that suit it."""
-        if name not in TRAIN_PRESETS:
-            raise UserError(f"unknown preset {name!r}; choose one of {', '.join(TRAIN_PRESETS)}")
-        return cls(model=GPTConfig.preset(name), train=TrainConfig(**TRAIN_PRESETS[name]))
+        """A copy of `PRESETS[name]`: a model shape with training settings that suit it."""
+        if name not in PRESETS:
+            raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(model=replace(PRESETS[name].model), train=replace(PRESETS[name].train))
 
     def to_dict(self) -> dict:
         """{'model': {...}, 'train': {...}} of plain values."""
@@ -142,31 +187,24 @@ class Config:
 
     def to_toml(self) -> str:
         """The config as TOML text (two flat tables)."""
-        lines = []
-        for section, values in self.to_dict().items():
-            lines.append(f"[{section}]")
-            lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-            lines.append("")
-        return "\n".join(lines)
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
 
     def save(self, path: str | Path) -> None:
         """Write `config.toml` atomically."""
-        from scratchllm.util import atomic_write_bytes
-
         atomic_write_bytes(path, self.to_toml().encode())
 
     def update(self, values: dict, origin: str) -> Config:
         """Apply {'model': {...}, 'train': {...}} with type checks; `origin` names the source in errors."""
-        model, train, explicit = self.model, self.train, set(self.explicit)
+        parts: dict[str, Any] = {"model": self.model, "train": self.train}
         for section, table in values.items():
-            if section not in ("model", "train") or not isinstance(table, dict):
+            if section not in parts or not isinstance(table, dict):
                 raise UserError(f"{origin}: unknown section {section!r} (use [model] and [train])")
-            target = model if section == "model" else train
-            changes = {key: _coerce(target, section, key, value, origin) for key, value in table.items()}
-            target = dataclasses.replace(target, **changes)
-            explicit |= {f"{section}.{key}" for key in changes}
-            model, train = (target, train) if section == "model" else (model, target)
-        return Config(model=model, train=train, explicit=frozenset(explicit))
+            target = parts[section]
+            parts[section] = replace(target, **{key: _coerce(target, section, key, value, origin)
+                                                for key, value in table.items()})
+        return Config(**parts)
 
     def apply_sets(self, sets: list[str], sections: tuple[str, ...] = ("model", "train")) -> Config:
         """Apply `--set section.key=value` strings (only keys of `sections` are accepted)."""
@@ -186,22 +224,49 @@ class Config:
         return self.update(values, "--set")
 
 
+PRESETS: dict[str, Config] = {
+    # A few million parameters: trains usefully in minutes on a laptop CPU (learns Shakespeare visibly).
+    "tiny": Config(GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=256, pad_vocab_multiple=64),
+                   TrainConfig(batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50, max_steps=2000,
+                               eval_every=100, eval_batches=10, ckpt_every=200)),
+    # The original project's model and setup: 256 wide, 4 heads, 4 layers, context 512.
+    "seed": Config(GPTConfig(block_size=512, n_layer=4, n_head=4, n_embd=256, dropout=0.1),
+                   TrainConfig(batch_size=8, lr=6e-4, min_lr=6e-5, warmup_steps=100, max_steps=5000)),
+    # GPT-2 small as in the paper and nanoGPT: ~0.5M tokens a step through accumulation.
+    "gpt2-124m": Config(GPTConfig(),
+                        TrainConfig(batch_size=16, grad_accum=32, lr=6e-4, min_lr=6e-5, warmup_steps=700,
+                                    max_steps=19073, eval_every=250, ckpt_every=1000)),
+    "gpt2-350m": Config(GPTConfig(n_layer=24, n_head=16, n_embd=1024),
+                        TrainConfig(batch_size=8, grad_accum=64, lr=3e-4, min_lr=3e-5, warmup_steps=700,
+                                    max_steps=19073, eval_every=250, ckpt_every=1000)),
+    # GPT-2 small's shape with the choices of recent models (as in modded-nanogpt, Llama).
+    "modern-124m": Config(GPTConfig(pos="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", bias=False,
+                                    pad_vocab_multiple=64),
+                          TrainConfig(batch_size=16, grad_accum=32, lr=1.5e-3, min_lr=1.5e-4,
+                                      warmup_steps=700, max_steps=19073, eval_every=250, ckpt_every=1000)),
+}
+
+
 def load_toml(path: str | Path) -> dict:
     """Read a TOML file into a dict (UserError if missing or malformed)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such config file")
-    text = path.read_text(encoding="utf-8")
     try:
-        return tomllib.loads(text) if tomllib else _read_flat_toml(text)
-    except ValueError as e:  # tomllib.TOMLDecodeError is a ValueError
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}") from None
 
 
 def build_config(preset: str | None = None, config_file: str | Path | None = None,
-                 sets: list[str] = ()) -> Config:
-    """Preset (default tiny), then the TOML file, then the `--set` overrides; validated."""
-    cfg = Config.preset(preset or "tiny")
+                 sets: typing.Sequence[str] = ()) -> Config:
+    """Preset (default tiny), then the TOML file, then the `--set` overrides; validated.
+
+    A preset's vocab_size is only a placeholder for building its model alone: a run's vocabulary is
+    its data's (0) unless the file or a `--set` names one.
+    """
+    cfg = Config.preset(preset or DEFAULT_PRESET)
+    cfg = replace(cfg, model=replace(cfg.model, vocab_size=0))
     if config_file is not None:
         cfg = cfg.update(load_toml(config_file), str(config_file))
     cfg = cfg.apply_sets(list(sets))
@@ -211,10 +276,9 @@ def build_config(preset: str | None = None, config_file: str | Path | None = Non
 
 def load_run_config(path: str | Path) -> Config:
     """The config a run folder saved (exactly, no preset underneath)."""
-    data = load_toml(path)
-    cfg = Config().update(data, str(path))
+    cfg = Config().update(load_toml(path), str(path))
     cfg.train.validate()
-    return Config(model=cfg.model, train=cfg.train, explicit=frozenset())
+    return cfg
 
 
 # --- values -------------------------------------------------------------------------------------
@@ -237,7 +301,7 @@ def _field_types(obj) -> dict[str, type]:
 def _coerce(obj, section: str, key: str, value, origin: str):
     types = _field_types(obj)
     if key not in types:
-        known = ", ".join(f"{section}.{k}" for k in types if k != "explicit")
+        known = ", ".join(f"{section}.{k}" for k in types)
         raise UserError(f"{origin}: unknown key {section}.{key} (known: {known})")
     want = types[key]
     ok = (
@@ -263,45 +327,3 @@ def _parse_text(text: str):
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
     return text
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return ("-inf" if value < 0 else "inf") if math.isinf(value) else "nan"
-        return repr(value)  # shortest text that reads back to the same float
-    if value is None:
-        raise ValueError("TOML has no null; give the field a value")
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
-def _read_flat_toml(text: str) -> dict:
-    """The subset of TOML `to_toml` writes: [section] headers and `key = scalar` lines."""
-    out: dict[str, dict] = {}
-    table = None
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            table = out.setdefault(line[1:-1].strip(), {})
-            continue
-        key, eq, value = line.partition("=")
-        if not eq or table is None:
-            raise ValueError(f"line {n}: expected key = value inside a [table]")
-        value = value.strip()
-        if value.startswith('"') and value.endswith('"'):
-            parsed = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-        else:
-            parsed = _parse_text(value)
-            if isinstance(parsed, str) and parsed not in ("inf", "-inf", "nan"):
-                raise ValueError(f"line {n}: cannot read value {value!r}")
-            if isinstance(parsed, str):
-                parsed = float(parsed)
-        table[key.strip()] = parsed
-    return out

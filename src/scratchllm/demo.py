@@ -67,7 +67,7 @@ def prepare_data(source: str, out: Path, val_docs: int, vocab_size: int = VOCAB_
     tokenizer/, and tokens/ with those documents as val.bin; returns the tokenizer."""
     from scratchllm.data.download import download, iter_downloaded
     from scratchllm.data.sources import open_source
-    from scratchllm.tokenizer import tokenize_to_dir, train_tokenizer
+    from scratchllm.data.tokenize import tokenize_to_dir, train_tokenizer
 
     raw, tok_dir, data_dir = out / "raw", out / "tokenizer", out / "tokens"
     download(open_source(source), 100 * 10**6, raw, progress=not quiet, log=log)

@@ -5,15 +5,16 @@ OUT/shard_000000.parquet ... hold the documents in source order (columns `id`, `
 this safe: a shard is written under a temporary name, fsynced and renamed, and only then is it
 added to the manifest (itself replaced atomically). After a crash the manifest names only whole
 shards; the run resumes after the last one, and since shard boundaries depend only on the documents,
-a resumed download ends with exactly the files an uninterrupted one writes.
+a resumed download ends with exactly the files an uninterrupted one writes. While a download
+writes, it holds OUT/.lock, so a second one into the same folder stops at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import shutil
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,16 +32,12 @@ def shard_name(i: int) -> str:
 
 def default_min_free(path: Path) -> int:
     """Space to leave free when none is asked for: 1 GB or 5% of the disk, the larger."""
-    import psutil
-
-    return max(10**9, int(0.05 * psutil.disk_usage(str(_existing(path))).total))
+    return max(10**9, int(0.05 * shutil.disk_usage(_existing(path)).total))
 
 
 def disk_free(path: Path) -> int:
     """Free bytes on the file system that holds `path` (or its nearest existing parent)."""
-    import psutil
-
-    return psutil.disk_usage(str(_existing(path))).free
+    return shutil.disk_usage(_existing(path)).free
 
 
 def _existing(path: Path) -> Path:
@@ -128,7 +125,7 @@ def _write_shard(path: Path, docs: list[Document], keep_columns: list[str], sche
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = {"id": [d.id for d in docs], "text": [d.text for d in docs]}
+    columns: dict[str, list] = {"id": [d.id for d in docs], "text": [d.text for d in docs]}
     for name in keep_columns:
         columns[name] = [d.extra.get(name) for d in docs]
     arrays = []
@@ -148,69 +145,26 @@ def _write_shard(path: Path, docs: list[Document], keep_columns: list[str], sche
     return digest, size
 
 
-class _Lock:
-    """OUT/.lock holds the pid of the download writing there; a dead owner's lock is taken over.
+@contextlib.contextmanager
+def download_lock(folder: Path) -> Iterator[None]:
+    """Hold folder/.lock while a download writes there; UserError at once if another download holds it.
 
-    The lock file is created with O_CREAT | O_EXCL, so of two downloads starting at once exactly one
-    creates it. A stale lock is first renamed away (only one taker's rename can succeed), then the
-    lock is created afresh.
+    It is the operating system's file lock (through filelock), which ends with the process holding it
+    however that ends, kill -9 included: a dead download never blocks the next one. The empty file
+    stays after release (except on Windows): removing a locked path would let a process that opened
+    it before the removal and one that creates it anew each hold "the" lock.
     """
+    from filelock import FileLock, Timeout
 
-    # A lock file still empty this long after it was made belongs to a process that died creating it.
-    STARTING_S = 10.0
-
-    def __init__(self, folder: Path):
-        self.path = folder / ".lock"
-
-    def __enter__(self):
-        for _ in range(5):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over_if_stale()
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
-        raise UserError(f"could not take the lock {self.path}: other downloads keep taking it")
-
-    def _owner(self, path: Path) -> int | None:
-        """The pid in a lock file; None if it is gone; 0 if it names no live process."""
-        import psutil
-
-        try:
-            text = path.read_text().strip()
-            age = time.time() - path.stat().st_mtime
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return 0
-        if not text:
-            return -1 if age < self.STARTING_S else 0  # -1: its owner is still writing its pid
-        pid = int(text) if text.isdigit() else 0
-        return pid if pid and pid != os.getpid() and psutil.pid_exists(pid) else 0
-
-    def _take_over_if_stale(self) -> None:
-        owner = self._owner(self.path)
-        if owner is None:
-            return  # released meanwhile: try again
-        if owner:
-            who = f"pid {owner}" if owner > 0 else "a process just starting"
-            raise UserError(f"another download ({who}) is writing {self.path.parent}; wait for it, "
-                            f"or delete {self.path} if that process is not scratchllm")
-        stale = self.path.with_name(f".lock.{os.getpid()}.tmp")  # swept like other leftovers
-        try:
-            os.replace(self.path, stale)
-        except FileNotFoundError:
-            return  # another process took the stale lock first
-        # Between reading the lock and renaming it, another process may have put a fresh one there.
-        if self._owner(stale):
-            os.replace(stale, self.path)
-            raise UserError(f"another download is writing {self.path.parent}; wait for it")
-        stale.unlink(missing_ok=True)
-
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
+    lock = FileLock(folder / ".lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"another download is writing {folder}; wait for it to finish") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def download(source: Source, target_bytes: int, out: str | Path, shard_size: int = 100 * 10**6,
@@ -218,23 +172,14 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
              free_space: Callable[[Path], int] = disk_free, log: Callable[[str], None] = print) -> dict:
     """Save documents of `source` into parquet shards in `out` until `target_bytes` of text; resumable."""
     out = Path(out)
-    keep_columns = list(dict.fromkeys(keep_columns))  # a column named twice is kept once
-    if target_bytes <= 0:
-        raise UserError("--target must be larger than 0")
-    if shard_size <= 0:
-        raise UserError("--shard-size must be larger than 0")
-    bad = [c for c in keep_columns if c in ("id", "text") or not c]
-    if bad:
-        raise UserError(f"--keep-columns names extra columns; `id` and `text` are always kept (got {bad})")
-
+    keep_columns = _checked_arguments(target_bytes, shard_size, keep_columns)
     seen = _manifest_bytes(out)
     manifest = _existing_manifest(out, source.spec, target_bytes, shard_size, keep_columns, log)
     if manifest and manifest["complete"]:
         log(f"{out} already holds the complete download: {len(manifest['shards'])} shards, "
             f"{manifest['docs']:,} documents, {format_size(manifest['bytes'])}; nothing to do")
         return manifest
-    if min_free is None:
-        min_free = default_min_free(out)
+    min_free = default_min_free(out) if min_free is None else min_free
     free = free_space(out)
     if free < min_free:
         raise UserError(f"only {format_size(free)} free on the disk of {out}, less than --min-free "
@@ -252,48 +197,65 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
         log(f"{out} holds the complete download: {len(shards)} shards, {manifest['docs']:,} documents")
         return manifest
     start = shards[-1]["last_doc"] + 1 if shards else 0
-    state = manifest.get("stream_state") if shards else None
-    docs = source.documents(start, state)
-    # The first document comes before anything is written, so a source that cannot be read
-    # (no network, bad files) leaves no trace.
-    first = next(docs, None)
-    if first is not None:
-        missing = [c for c in keep_columns if c not in first.extra]
-        if missing:
-            docs.close()
-            raise UserError(f"--keep-columns {', '.join(missing)}: not in {source.spec} "
-                            f"(its extra columns: {', '.join(first.extra) or 'none'})")
-    schema = shard_schema(source, keep_columns)
-
-    out.mkdir(parents=True, exist_ok=True)
-    with _Lock(out):
-        if _manifest_bytes(out) != seen:
-            # Another download wrote here while this one checked the shards: what was checked is stale.
-            docs.close()
-            raise UserError(f"another download changed {out} meanwhile; run the command again")
-        for stale in out.glob(".*.tmp"):
-            stale.unlink()  # a shard or manifest a killed run left half-written
-        atomic_write_json(out / MANIFEST, manifest)
-        listed = {e["file"] for e in shards}
-        for old in out.glob("shard_*.parquet"):
-            if old.name not in listed:
-                # Cut off after a damaged shard, or written by a run killed before it could list it:
-                # left there, a reader of the folder's parquet files would take it for part of the download.
-                old.unlink()
-        if shards:
-            log(f"resuming {out}: {len(shards)} shards, {manifest['docs']:,} documents, "
-                f"{format_size(manifest['bytes'])} already saved; continuing at document {start:,}")
-        try:
+    docs = source.documents(start, manifest.get("stream_state") if shards else None)
+    with contextlib.closing(docs):
+        # The first document comes before anything is written, so a source that cannot be read
+        # (no network, bad files) leaves no trace.
+        first = _first_document(source, docs, keep_columns)
+        schema = shard_schema(source, keep_columns)
+        out.mkdir(parents=True, exist_ok=True)
+        with download_lock(out):
+            _clear_for(out, manifest, seen)
+            if shards:
+                log(f"resuming {out}: {len(shards)} shards, {manifest['docs']:,} documents, "
+                    f"{format_size(manifest['bytes'])} already saved; continuing at document {start:,}")
             _fill(source, docs, first, manifest, out, target_bytes, shard_size, min_free, keep_columns,
                   schema, progress, free_space)
-        finally:
-            docs.close()
     if manifest["exhausted"] and manifest["bytes"] < target_bytes:
         log(f"note: {source.spec} ended after {manifest['docs']:,} documents, "
             f"{format_size(manifest['bytes'])}: less than the target {format_size(target_bytes)}")
     log(f"saved {len(shards)} shards, {manifest['docs']:,} documents, {format_size(manifest['bytes'])} "
         f"of text in {out}")
     return manifest
+
+
+def _checked_arguments(target_bytes: int, shard_size: int, keep_columns) -> list[str]:
+    """The extra columns to keep, each once; UserError for a target, size or column that cannot work."""
+    if target_bytes <= 0:
+        raise UserError("--target must be larger than 0")
+    if shard_size <= 0:
+        raise UserError("--shard-size must be larger than 0")
+    keep_columns = list(dict.fromkeys(keep_columns))  # a column named twice is kept once
+    bad = [c for c in keep_columns if c in ("id", "text") or not c]
+    if bad:
+        raise UserError(f"--keep-columns names extra columns; `id` and `text` are always kept (got {bad})")
+    return keep_columns
+
+
+def _first_document(source: Source, docs: Iterator[Document], keep_columns: list[str]) -> Document | None:
+    """The stream's first document (None if it is empty), which must carry every kept column."""
+    first = next(docs, None)
+    missing = [c for c in keep_columns if c not in first.extra] if first is not None else []
+    if first is not None and missing:
+        raise UserError(f"--keep-columns {', '.join(missing)}: not in {source.spec} "
+                        f"(its extra columns: {', '.join(first.extra) or 'none'})")
+    return first
+
+
+def _clear_for(out: Path, manifest: dict, seen: bytes | None) -> None:
+    """Under the lock: write the manifest to resume and remove every file it does not list."""
+    if _manifest_bytes(out) != seen:
+        # Another download wrote here while this one checked the shards: what was checked is stale.
+        raise UserError(f"another download changed {out} meanwhile; run the command again")
+    for stale in out.glob(".*.tmp"):
+        stale.unlink()  # a shard or manifest a killed run left half-written
+    atomic_write_json(out / MANIFEST, manifest)
+    listed = {e["file"] for e in manifest["shards"]}
+    for old in out.glob("shard_*.parquet"):
+        if old.name not in listed:
+            # Cut off after a damaged shard, or written by a run killed before it could list it:
+            # left there, a reader of the folder's parquet files would take it for part of the download.
+            old.unlink()
 
 
 def _manifest_bytes(out: Path) -> bytes | None:

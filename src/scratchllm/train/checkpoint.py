@@ -44,7 +44,7 @@ def rng_state() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "numpy": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(gauss)],
         "torch": _b64(torch.get_rng_state()),
         "cuda": [_b64(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
     }
@@ -113,13 +113,16 @@ def _step_of(path: Path) -> int | None:
         return None
 
 
-def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
-    """Checkpoint folders, oldest first (hidden temporary folders are not listed)."""
+def _numbered(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
-    found = [(s, p) for p in ckpt_dir.iterdir() if (s := _step_of(p)) is not None]
-    return [p for _, p in sorted(found)]
+    return sorted((s, p) for p in ckpt_dir.iterdir() if (s := _step_of(p)) is not None)
+
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """Checkpoint folders, oldest first (hidden temporary folders are not listed)."""
+    return [p for _, p in _numbered(ckpt_dir)]
 
 
 def verify(path: Path) -> dict:
@@ -154,8 +157,8 @@ def latest_checkpoint(ckpt_dir: str | Path, warn=print) -> tuple[Path, dict] | N
 def set_aside_newer(ckpt_dir: str | Path, kept: Path) -> list[Path]:
     """Rename checkpoints newer than `kept` to broken_step_N (kept for a look, never listed); return them."""
     moved, last_good = [], _step_of(Path(kept))
-    for path in list_checkpoints(ckpt_dir):
-        if _step_of(path) > last_good:
+    for step, path in _numbered(ckpt_dir):
+        if last_good is not None and step > last_good:
             target = path.with_name(f"broken_{path.name}")
             n = 1
             while target.exists():
@@ -211,7 +214,8 @@ def load_run(run: str | Path, device="cpu", warn=print):
 
 def run_tokenizer(run: str | Path, cfg):
     """The tokenizer a run was trained with: its own copy, else the one of its token folder."""
-    from scratchllm.tokenizer import Tokenizer, load_tokenizer_for_data
+    from scratchllm.data.tokenize import load_tokenizer_for_data
+    from scratchllm.tokenizer import Tokenizer
 
     own = Path(run) / "tokenizer"
     if (own / "tokenizer.json").is_file():

@@ -52,8 +52,8 @@ class TokenLoader:
 
     def batch_at(self, global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The (x, y) int64 tensors of one global micro-batch, read from the memory map."""
-        windows = np.stack([self.tokens[s : s + self.T + 1] for s in self.starts(global_batch)])
-        windows = torch.from_numpy(windows.astype(np.int64))
+        rows = np.stack([self.tokens[s : s + self.T + 1] for s in self.starts(global_batch)])
+        windows = torch.from_numpy(rows.astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:

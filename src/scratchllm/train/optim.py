@@ -182,13 +182,13 @@ class Optimizers:
 
 def _adamw(groups: list[dict], tc) -> torch.optim.AdamW:
     """AdamW with fused kernels where the device has them, else foreach, else the plain loop."""
-    kwargs = dict(lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8)
-    for fast in ({"fused": True}, {"foreach": True}):
+    betas = (tc.beta1, tc.beta2)
+    for fused, foreach in ((True, None), (None, True)):
         try:
-            return torch.optim.AdamW(groups, **kwargs, **fast)
+            return torch.optim.AdamW(groups, lr=tc.lr, betas=betas, eps=1e-8, fused=fused, foreach=foreach)
         except (RuntimeError, TypeError, ValueError):  # this device or build lacks the kernel
             continue
-    return torch.optim.AdamW(groups, **kwargs)
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=betas, eps=1e-8)
 
 
 def is_muon_param(name: str, p: torch.Tensor) -> bool:

@@ -9,7 +9,6 @@ Losses are read back from the device (`.item()`, a sync) only at log and eval po
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import re
@@ -18,11 +17,13 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from scratchllm.config import Config, TrainConfig
+from scratchllm.data.tokens import TokenFolder
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.distributed import Dist, setup, teardown
 from scratchllm.train.loader import TokenLoader, eval_batches
@@ -61,37 +62,15 @@ def compile_problem(device: torch.device) -> str | None:
 
 def open_data(data_dir: str | Path, cfg: Config) -> tuple[dict, np.ndarray, np.ndarray, Config]:
     """meta.json, the train and val token maps, and the config with vocab_size taken from the data."""
-    from scratchllm.data.tokens import read_tokens
-
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"{data_dir}: no such data folder (make one with `scratchllm tokenize`)")
-    meta = {}
-    if (data_dir / "meta.json").is_file():
-        try:
-            meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise UserError(f"{data_dir / 'meta.json'}: not valid JSON: {e}") from None
-    vocab = int(meta.get("vocab_size", 0))
-    if "model.vocab_size" not in cfg.explicit and vocab:
-        cfg = replace(cfg, model=replace(cfg.model, vocab_size=vocab))
-    elif vocab > cfg.model.vocab_size:
-        raise UserError(f"{data_dir}: the tokens use a vocabulary of {vocab:,}, larger than "
-                        f"model.vocab_size {cfg.model.vocab_size:,}")
-    train = read_tokens(data_dir / "train.bin")
-    val = read_tokens(data_dir / "val.bin")
-    if not meta:  # no meta.json to trust: look at the ids themselves
-        for name, tokens in (("train.bin", train), ("val.bin", val)):
-            if int(tokens.max(initial=0)) >= cfg.model.vocab_size:
-                raise UserError(f"{data_dir / name}: token ids reach {int(tokens.max())}, "
-                                f"beyond model.vocab_size {cfg.model.vocab_size:,}")
-    return meta, train, val, cfg
+    folder = TokenFolder.open(data_dir)
+    cfg = replace(cfg, model=replace(cfg.model, vocab_size=folder.model_vocab_size(cfg.model.vocab_size)))
+    return folder.meta, folder.train, folder.val, cfg
 
 
 def load_tokenizer(data_dir: str | Path):
     """The data's tokenizer for text samples, or None when it cannot be loaded."""
     try:
-        from scratchllm.tokenizer import load_tokenizer_for_data
+        from scratchllm.data.tokenize import load_tokenizer_for_data
 
         return load_tokenizer_for_data(data_dir)
     except Exception:  # samples are a nicety; training must not depend on them
@@ -131,7 +110,7 @@ def sample_text(model, tokenizer, n_tokens: int, device, seed: int) -> str | Non
 def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist, warn) -> tuple[Path, dict] | None:
     """The checkpoint every rank continues from: rank 0 chooses, so ranks on machines without a shared
     filesystem cannot each pick their own newest; every rank then checks its copy of that one."""
-    choice = (bool(ckpt.list_checkpoints(ckpt_dir)), None)
+    choice: tuple[bool, str | None] = (bool(ckpt.list_checkpoints(ckpt_dir)), None)
     found = None
     if dist.main and resume:
         found = ckpt.latest_checkpoint(ckpt_dir, warn=warn)
@@ -217,7 +196,8 @@ class Trainer:
             self.warn(self.precision.warning)
         self.say(f"precision: {self.precision.dtype} ({self.precision.reason})")
         self._build(train_tokens)
-        self.steps, self.best_val, self.best_ckpt = 0, math.inf, None
+        self.steps, self.best_val = 0, math.inf
+        self.best_ckpt: Path | None = None
         self.evaluated_at = self.saved_at = -1
         tc = self.tc
         self.tokens_per_step = tc.batch_size * cfg.model.block_size * tc.grad_accum * self.dist.world_size
@@ -225,7 +205,7 @@ class Trainer:
         self.tokenizer = None
         self._stop_flags = [False, False]  # a stop signal, the time budget: as all ranks last agreed
         self.signals: _StopSignals | None = None
-        self.bar = None
+        self.bar: Any = None  # the progress bar, while `fit` runs
         self.t_start = self.t_log = time.perf_counter()
         self.step_log = 0
         cuda = self.device.type == "cuda"
@@ -265,6 +245,12 @@ class Trainer:
         self.fwd = torch.compile(fwd) if compiled else fwd
         self.eval_model = self.model if dist.enabled else self.fwd  # evaluation needs no gradient sync
 
+    @property
+    def run_dir(self) -> Path:
+        """The run folder (only a Trainer built with `out` evaluates into and saves to one)."""
+        assert self.out is not None, "this Trainer has no run folder"
+        return self.out
+
     def restore(self, path: Path, state: dict) -> None:
         """Continue from checkpoint `path`: weights, optimizers, scaler, loader, RNGs, step, best."""
         ckpt.load_model_weights(self.model, path, self.device)
@@ -276,7 +262,7 @@ class Trainer:
         ckpt.set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else state["rng"])
         self.steps = self.step_log = self.saved_at = state["step"]
         self.best_val = math.inf if state.get("best_val") is None else state["best_val"]
-        self.best_ckpt = self.out / "ckpt" / state["best_ckpt"] if state.get("best_ckpt") else None
+        self.best_ckpt = self.run_dir / "ckpt" / state["best_ckpt"] if state.get("best_ckpt") else None
         self.say(f"resuming from {path} (step {self.steps})")
 
     def step(self) -> torch.Tensor:
@@ -292,8 +278,8 @@ class Trainer:
             else:
                 x, y = x.to(device), y.to(device)
             # DDP averages gradients only on the last micro-batch; the others just accumulate.
-            sync = self.ddp is None or micro == tc.grad_accum - 1
-            no_sync = contextlib.nullcontext() if sync else self.ddp.no_sync()
+            last = micro == tc.grad_accum - 1
+            no_sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with no_sync, autocast(device, self.precision.dtype):
                 _, loss = self.fwd(x, y)
                 loss = loss / tc.grad_accum
@@ -329,6 +315,7 @@ class Trainer:
 
     def evaluate(self) -> float:
         """Validation loss at this step; rank 0 logs it with bits/byte, a text sample and the plot."""
+        assert self.val_tokens is not None, "a Trainer built without val tokens cannot evaluate"
         val_loss = evaluate(self.eval_model, self.val_tokens, self.tc, self.cfg.model.block_size, self.device,
                             self.dist, self.precision.dtype)
         self.evaluated_at = self.steps
@@ -341,10 +328,10 @@ class Trainer:
         self.metrics.log(**row)
         text = sample_text(self.model, self.tokenizer, self.tc.sample_tokens, self.device, self.tc.seed)
         if text is not None:
-            with open(self.out / "samples.txt", "a", encoding="utf-8") as f:
+            with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
                 f.write(sample_entry(self.steps, val_loss, text))
-        self.metrics.plot(self.out / "loss.png",
-                          title=f"{self.out.name}: {self.model.num_params() / 1e6:.1f}M parameters")
+        self.metrics.plot(self.run_dir / "loss.png",
+                          title=f"{self.run_dir.name}: {self.model.num_params() / 1e6:.1f}M parameters")
         self.say(f"step {self.steps}: val loss {val_loss:.4f}"
                  + (f", {row['val_bpb']:.3f} bits/byte" if "val_bpb" in row else ""))
         return val_loss
@@ -355,10 +342,10 @@ class Trainer:
         self.saved_at = self.steps
         if not self.dist.main:
             return
-        ckpt_dir = self.out / "ckpt"
+        ckpt_dir = self.run_dir / "ckpt"
         if val_loss is not None and val_loss < self.best_val:
             self.best_val, self.best_ckpt = val_loss, ckpt_dir / f"step_{self.steps}"
-        state = {"tokens": self.steps * self.tokens_per_step, "val_loss": val_loss,
+        state: dict[str, Any] = {"tokens": self.steps * self.tokens_per_step, "val_loss": val_loss,
                  "best_val": self.best_val if math.isfinite(self.best_val) else None,  # JSON: no Infinity
                  "best_ckpt": self.best_ckpt.name if self.best_ckpt else None,
                  "loader": self.loader.state_dict(), "scaler": self.scaler.state_dict(),
@@ -431,7 +418,8 @@ def tqdm_write(msg: str) -> None:
 
 def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None, data_dir: Path) -> None:
     """Rank 0: cut the logs back to the resumed step, save the config and tokenizer, note the precision."""
-    out, tc, step = trainer.out, trainer.tc, trainer.steps
+    out, tc, step, metrics = trainer.run_dir, trainer.tc, trainer.steps, trainer.metrics
+    assert metrics is not None, "rank 0 keeps the log"
 
     # An evaluation made at an off-schedule step because the run stopped there is dropped, so the log
     # continues exactly as the uninterrupted run's.
@@ -439,7 +427,7 @@ def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None, data_
         return s % tc.eval_every == 0 or s >= tc.max_steps
 
     kept = step if found is not None else -1  # a fresh start keeps nothing of a run that died early
-    trainer.metrics.truncate_after(kept, scheduled)
+    metrics.truncate_after(kept, scheduled)
     truncate_samples(out / "samples.txt", kept, scheduled)
     trainer.cfg.save(out / "config.toml")
     precision = trainer.precision
@@ -447,7 +435,7 @@ def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None, data_
     if before != precision.dtype:  # a fresh run, or a resume that chose again on other hardware
         if before is not None:
             trainer.say(f"note: the checkpoint was trained in {before}; continuing in {precision.dtype}")
-        trainer.metrics.log(step=step, dtype=precision.dtype, dtype_reason=precision.reason,
+        metrics.log(step=step, dtype=precision.dtype, dtype_reason=precision.reason,
                             device=str(trainer.device))
     trainer.tokenizer = load_tokenizer(data_dir)
     if trainer.tokenizer is not None and found is None:

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from scratchllm.data.tokens import read_tokens
-from scratchllm.tokenizer import Tokenizer, load_tokenizer_for_data, tokenize_to_dir, train_bpe
-from scratchllm.tokenizer.pipeline import read_split
+from scratchllm.data.tokenize import load_tokenizer_for_data, tokenize_to_dir
+from scratchllm.data.tokens import read_split, read_tokens
+from scratchllm.tokenizer import Tokenizer, train_bpe
 from scratchllm.util import UserError
 
 DOCS = [

@@ -1,4 +1,9 @@
-"""Corpus -> train.bin, val.bin, meta.json: parallel encoding, order kept, memory bounded, atomic output.
+"""Stage 1, step 3: a corpus becomes a tokenizer (`train_tokenizer`) and a token folder (`tokenize_to_dir`).
+
+A corpus is a source spec, a `download` folder, a Source, or any iterable of documents or strings.
+
+`tokenize_to_dir` writes train.bin, val.bin and meta.json: parallel encoding, source order kept,
+memory bounded, atomic output.
 
 The documents stream through once. The main process groups them into batches of about 1 MB of
 text and hands the batches to worker processes; at most a few batches per worker are in flight,
@@ -17,20 +22,22 @@ rename. A folder with a meta.json is complete; a killed run leaves no meta.json.
 
 from __future__ import annotations
 
-import json
 import time
 from array import array
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from scratchllm.data.tokens import TokenWriter, dtype_for_vocab, read_tokens
-from scratchllm.tokenizer.encoding import Tokenizer
+from scratchllm.data.download import iter_downloaded, read_manifest
+from scratchllm.data.sources import DEFAULT_VAL_DOCS, open_source
+from scratchllm.data.tokens import TokenWriter, dtype_for_vocab, read_meta, write_meta
+from scratchllm.tokenizer.encoding import Tokenizer, load_tokenizer, train_bpe
 from scratchllm.tokenizer.parallel import default_workers, ordered_map
-from scratchllm.util import UserError, atomic_write_json, remove_stale_temps
+from scratchllm.util import UserError, remove_stale_temps
 
 BATCH_BYTES = 1 << 20
-SHAKESPEARE_VAL_DOCS = 3  # three whole plays; the remaining 39 texts train
+DEFAULT_VAL_FRACTION = 0.01  # of the documents, for a source without its own split
 
 
 def iter_documents(source):
@@ -38,12 +45,8 @@ def iter_documents(source):
     if source is None:
         source = "shakespeare"
     if isinstance(source, str):
-        from scratchllm.data.sources import open_source
-
         return iter(open_source(source))
     if isinstance(source, Path):
-        from scratchllm.data.download import iter_downloaded
-
         return iter_downloaded(source)
     return iter(source)
 
@@ -61,8 +64,6 @@ def base_spec(source) -> str:
     if isinstance(source, str):
         return source
     if isinstance(source, Path):
-        from scratchllm.data.download import read_manifest
-
         return read_manifest(source)["source"]
     return getattr(source, "spec", type(source).__name__)
 
@@ -80,7 +81,8 @@ def describe_source(source) -> str:
 def encode_documents(tok: Tokenizer, texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tokens of the documents, each followed by EOT, plus per-document token (with EOT) and byte counts."""
     eot = np.array([tok.eot_id], dtype=dtype)
-    parts, n_tokens, n_bytes = [], np.empty(len(texts), np.int64), np.empty(len(texts), np.int64)
+    parts: list[np.ndarray] = []
+    n_tokens, n_bytes = np.empty(len(texts), np.int64), np.empty(len(texts), np.int64)
     for i, text in enumerate(texts):
         ids = tok.encode_to_numpy(text)
         parts += (ids, eot)
@@ -90,7 +92,7 @@ def encode_documents(tok: Tokenizer, texts: list[str], dtype) -> tuple[np.ndarra
     return tokens, n_tokens, n_bytes
 
 
-_worker_state: tuple | None = None
+_worker_state: tuple = ()  # (tokenizer, dtype), set in each worker
 
 
 def _init_worker(tok: Tokenizer, dtype) -> None:
@@ -124,7 +126,7 @@ def encode_stream(tok: Tokenizer, docs, dtype, workers: int = 1, batch_bytes: in
 # --- the whole stage -----------------------------------------------------------------------------
 
 
-def _val_count(n_docs: int, val_docs: int | None, val_fraction: float | None) -> int:
+def _val_count(n_docs: int, val_docs: int | None, val_fraction: float) -> int:
     if val_docs is None:
         val_docs = max(1, round(n_docs * val_fraction))
     if n_docs < 2 and val_docs > 0:
@@ -140,7 +142,8 @@ class _Progress:
     cannot be read fails with its one-line error and nothing else)."""
 
     def __init__(self, quiet: bool):
-        self.quiet, self.bar = quiet, None
+        self.quiet = quiet
+        self.bar: Any = None  # a tqdm bar, imported only when one is shown
 
     def update(self, n_bytes: int, tokens_per_s: float) -> None:
         if self.quiet:
@@ -165,34 +168,39 @@ class _Progress:
         return False
 
 
-def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
-                    val_fraction: float | None = None, workers: int | None = None, quiet: bool = False,
-                    batch_bytes: int = BATCH_BYTES) -> dict:
-    """Encode `source` into out_dir/train.bin, val.bin and meta.json; return the meta dict.
-
-    `tokenizer` is a Tokenizer, a folder or a pretrained name. Without a split, shakespeare (or a
-    download of it) keeps its last 3 texts for validation, other sources their last 1% of documents
-    (at least one).
-    """
-    from scratchllm.tokenizer import load_tokenizer
-
-    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
+def _split_rule(source, val_docs: int | None, val_fraction: float | None) -> tuple[int | None, float]:
+    """(val_docs, val_fraction), checked; the fraction counts only without val_docs. Given neither, the
+    source's own split or 1%."""
     if val_docs is not None and val_fraction is not None:
         raise UserError("give --val-docs or --val-fraction, not both")
     if val_docs is not None and val_docs < 0:
         raise UserError(f"--val-docs must be 0 or more, got {val_docs}")
     if val_fraction is not None and not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    spec = describe_source(source)
     if val_docs is None and val_fraction is None:
-        if base_spec(source) == "shakespeare":
-            val_docs = SHAKESPEARE_VAL_DOCS
-        else:
-            val_fraction = 0.01
+        val_docs = DEFAULT_VAL_DOCS.get(base_spec(source))
+    return val_docs, DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+
+
+def _check_workers(workers: int | None) -> int:
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    return workers
 
+
+def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
+                    val_fraction: float | None = None, workers: int | None = None, quiet: bool = False,
+                    batch_bytes: int = BATCH_BYTES) -> dict:
+    """Encode `source` into out_dir/train.bin, val.bin and meta.json; return the meta dict.
+
+    `tokenizer` is a Tokenizer, a folder or a pretrained name. Without a split, a source with its
+    own (shakespeare, or a download of it: the last 3 plays) keeps that for validation, other sources
+    their last 1% of documents (at least one).
+    """
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
+    val_docs, val_fraction = _split_rule(source, val_docs, val_fraction)
+    workers = _check_workers(workers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)  # a killed run's token files, each as large as the output
@@ -208,9 +216,7 @@ def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
             doc_bytes.extend(n_bytes)
             progress.update(int(n_bytes.sum()), train.n_tokens / (time.perf_counter() - start))
         progress.close()
-        n_docs = len(doc_tokens)
-        n_val = _val_count(n_docs, val_docs, val_fraction)
-        n_train = n_docs - n_val
+        n_train = len(doc_tokens) - _val_count(len(doc_tokens), val_docs, val_fraction)
         keep = int(np.sum(doc_tokens[:n_train], dtype=np.int64)) if n_train else 0
         with TokenWriter(out / "val.bin", dtype) as val:
             train.move_tail(keep, val)
@@ -225,42 +231,37 @@ def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
         name = "tokenizer.json"
     tokens = np.frombuffer(doc_tokens, dtype=np.int64)
     nbytes = np.frombuffer(doc_bytes, dtype=np.int64)
-    meta = {
-        "tokenizer": name,
-        "tokenizer_sha256": tok.sha256(),
-        "vocab_size": tok.vocab_size,
-        "eot_id": tok.eot_id,
-        "token_dtype": dtype.name,
-        "source": spec,
-        "train": {"documents": n_train, "tokens": int(tokens[:n_train].sum()),
-                  "bytes": int(nbytes[:n_train].sum())},
-        "val": {"documents": n_val, "tokens": int(tokens[n_train:].sum()),
-                "bytes": int(nbytes[n_train:].sum())},
+
+    def counts(part: slice) -> dict:
+        return {"documents": len(tokens[part]), "tokens": int(tokens[part].sum()),
+                "bytes": int(nbytes[part].sum())}
+
+    return write_meta(out, {
+        "tokenizer": name, "tokenizer_sha256": tok.sha256(), "vocab_size": tok.vocab_size,
+        "eot_id": tok.eot_id, "token_dtype": dtype.name, "source": describe_source(source),
+        "train": counts(slice(None, n_train)), "val": counts(slice(n_train, None)),
         "seconds": round(time.perf_counter() - start, 3),
-    }
-    atomic_write_json(out / "meta.json", meta)
-    return meta
+    })
 
 
-def read_meta(folder: str | Path) -> dict:
-    """meta.json of a `tokenize` output folder (UserError if it is missing or unreadable)."""
-    path = Path(folder) / "meta.json"
-    if not path.is_file():
-        raise UserError(f"{folder}: not a complete token folder (no meta.json); run `scratchllm tokenize`")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        for key in ("tokenizer", "vocab_size", "eot_id", "train", "val"):
-            meta[key]  # noqa: B018 - presence check
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a valid meta.json ({e})") from None
-    return meta
-
-
-def read_split(folder: str | Path, split: str, check_ids: bool = True) -> np.ndarray:
-    """train.bin or val.bin of a token folder, memory-mapped, checked against meta.json's counts and vocab."""
+def load_tokenizer_for_data(folder: str | Path) -> Tokenizer:
+    """The tokenizer that wrote a `tokenize` output folder, checked against the hash in its meta.json."""
+    folder = Path(folder)
     meta = read_meta(folder)
-    path = Path(folder) / f"{split}.bin"
-    tokens = read_tokens(path, vocab_size=meta["vocab_size"] if check_ids else None)
-    if len(tokens) != meta[split]["tokens"]:
-        raise UserError(f"{path}: holds {len(tokens):,} tokens but meta.json says {meta[split]['tokens']:,}")
-    return tokens
+    name = meta["tokenizer"]
+    tok = Tokenizer.load(folder / name) if name.endswith(".json") else Tokenizer.pretrained(name)
+    if meta.get("tokenizer_sha256") and tok.sha256() != meta["tokenizer_sha256"]:
+        raise UserError(f"{folder}: the tokenizer {name} is not the one these tokens were made with")
+    return tok
+
+
+def train_tokenizer(source, vocab_size: int, out_dir: str | Path, pattern: str = "gpt4",
+                    max_bytes: int | None = None, workers: int | None = None,
+                    quiet: bool = False) -> Tokenizer:
+    """Learn BPE from a corpus (see `iter_documents`) and save out_dir/tokenizer.json."""
+    workers = _check_workers(workers)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after training
+    tok = train_bpe(iter_texts(source), vocab_size, pattern=pattern, max_bytes=max_bytes,
+                    progress=not quiet, workers=workers)
+    tok.save(out_dir)
+    return tok

@@ -1,0 +1,113 @@
+"""The shape of the code: short, simple functions; imports that run one way; the README's map of it."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "scratchllm"
+MAX_LINES = 80
+MAX_COMPLEXITY = 20  # radon ranks 21-30 D, which is where a function stops being readable in one go
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted name -> file of every module of the package (a package is its __init__.py)."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_LINES:
+                    long.append(f"{name}.{node.name} ({path.name}:{node.lineno}): {lines} lines")
+    assert long == [], "split these functions:\n" + "\n".join(long)
+
+
+def test_no_function_is_ranked_d_or_worse_by_radon():
+    from radon.complexity import cc_rank, cc_visit
+    from radon.visitors import Function
+
+    complex_ = []
+    for name, path in MODULES.items():
+        blocks = [b for b in cc_visit(path.read_text(encoding="utf-8")) if isinstance(b, Function)]
+        for block in blocks + [c for b in blocks for c in b.closures]:
+            if block.complexity > MAX_COMPLEXITY:
+                complex_.append(f"{name}.{block.fullname} ({path.name}:{block.lineno}): "
+                                f"{cc_rank(block.complexity)} ({block.complexity})")
+    assert complex_ == [], "simplify these functions:\n" + "\n".join(complex_)
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The package's modules that `name` imports, at the top or inside functions alike."""
+    found = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package of this module, `level - 1` steps up
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            # `from package import module` names a module; `from module import name` the module itself.
+            found |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base
+                      for alias in node.names}
+    return {m for m in found if m in MODULES and m != name}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph` (as the modules along it), or None."""
+    state: dict[str, str] = {}  # "open" while on the current path, "done" once every path from it is
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+            if nxt not in state and (found := visit(nxt, path + [nxt])):
+                return found
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return None
+
+
+def test_no_import_cycle():
+    graph = {name: _imports(name, path) for name, path in MODULES.items()}
+    assert graph["scratchllm.cli"] >= {"scratchllm.config", "scratchllm.util"}  # the graph is really read
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize("graph, expected", [
+    ({"a": {"b"}, "b": {"c"}, "c": set()}, None),
+    ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
+    ({"a": {"a"}}, ["a", "a"]),
+])
+def test_cycle_finder(graph, expected):
+    assert _cycle(graph) == expected
+
+
+def test_readme_layout_names_every_module():
+    """The layout section of README.md lists each module of the package, and nothing that is gone."""
+    readme = (SRC.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    listed = set(re.findall(r"^  ([\w/]+\.py)\b", layout, flags=re.M))
+    actual = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+              if p.name not in ("__init__.py", "__main__.py")}
+    assert listed == actual
