@@ -36,6 +36,7 @@ SDIST_URL = ("https://files.pythonhosted.org/packages/95/f8/c019b3579df548a04cac
              + SDIST_FILE)
 SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 _TASKS_DIR = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+CACHE_FOLDER = "bigbench-1.0.0"  # in the cache folder: one folder a task
 SHOTS = 10  # CORE's and the Eval Gauntlet's count for every BIG-bench task
 
 # CORE's BIG-bench tasks: how each is scored, and its random baseline (DCLM's eval_meta_data.csv).
@@ -52,7 +53,7 @@ LETTERS = "ABCD"
 
 def cache_root() -> Path:
     """Where the task files copied out of the sdist are kept."""
-    return cache_dir() / "bigbench-1.0.0"
+    return cache_dir() / CACHE_FOLDER
 
 
 def sdist() -> Path:

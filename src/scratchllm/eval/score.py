@@ -1,8 +1,9 @@
 """Score answers with a language model: log-likelihood, length and greedy match of each, in batches.
 
-Sequences are sorted by length and cut into batches of about `batch_tokens` padded tokens; batch k
-goes to rank k mod world size. The batches do not depend on the number of ranks, so one process and
-a torchrun job compute every sequence in the same batch, and give the same numbers.
+Sequences are sorted by length and cut into batches of at most `batch_tokens` padded tokens and
+MAX_ROWS sequences; batch k goes to rank k mod world size. The batches do not depend on the number
+of ranks, so one process and a torchrun job compute every sequence in the same batch, and give the
+same numbers.
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ def default_batch_tokens(device: torch.device, vocab_size: int) -> int:
     return int(min(65536, max(1024, budget // (4 * vocab_size))))
 
 
+MAX_ROWS = 64  # sequences a batch: enough to fill a GPU, few enough for a lively progress bar
+
+
 def batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     """Sequence indices grouped longest first, each group at most `batch_tokens` once padded."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     out: list[list[int]] = []
     for i in order:
         # The first of a group is its longest, so the group pads to lengths[group[0]].
-        if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= batch_tokens:
+        if out and len(out[-1]) < MAX_ROWS and (len(out[-1]) + 1) * lengths[out[-1][0]] <= batch_tokens:
             out[-1].append(i)
         else:
             out.append([i])
