@@ -72,6 +72,7 @@ def reference_scores(model, tokens, n_answer):
     out = []
     with torch.no_grad():
         for seq, n in zip(tokens, n_answer, strict=True):
+            seq = [int(t) for t in seq]
             logits, _ = model(torch.tensor([seq[:-1]]))
             logp = F.log_softmax(logits[0].double(), dim=-1)
             pos = range(len(seq) - n - 1, len(seq) - 1)
@@ -116,7 +117,8 @@ def test_hellaswag_is_tokenized_as_build_nanogpt_does(tok, hs_file):
     seqs = tokenize(task, items, [0], tok, 128, tok.vocab_size)
     row = HELLASWAG_ROWS[0]
     # The context's tokens, then " " + ending; no <|endoftext|> in front; one sequence per ending.
-    assert seqs.tokens == [tok.encode(row["ctx"]) + tok.encode(" " + e) for e in row["endings"]]
+    expected = [tok.encode(row["ctx"]) + tok.encode(" " + e) for e in row["endings"]]
+    assert [t.tolist() for t in seqs.tokens] == expected
     assert seqs.n_answer == [len(tok.encode(" " + e)) for e in row["endings"]]
 
 

@@ -13,6 +13,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from scratchllm.util import UserError
 
 
@@ -82,42 +84,37 @@ def render(task: Task, items: list[Item], i: int) -> tuple[str, list[str]]:
 class Sequences:
     """The token sequences of a task's items: one per answer, the answer being its last `n_answer` tokens."""
 
-    tokens: list[list[int]]
+    tokens: list[np.ndarray]  # int32: 4 bytes a token, as 10-shot prompts of 10,000 items add up
     n_answer: list[int]
     item: list[int]  # which of the scored items each sequence belongs to
 
 
 def tokenize(task: Task, items: list[Item], chosen: list[int], tokenizer, block_size: int,
-             vocab_size: int) -> Sequences:
+             vocab_size: int, chunk: int = 512) -> Sequences:
     """Sequences for the items `chosen` (indices into items; few-shot examples come from all of them).
 
     The model reads all but the last token of a sequence, so a sequence may be one token longer
     than its context; a longer prompt loses its oldest tokens. An answer longer than the context
-    cannot be scored and is refused.
+    cannot be scored and is refused. Items are encoded `chunk` at a time, to bound the memory.
     """
-    prompts, answers = [], []
-    for i in chosen:
-        prompt, conts = render(task, items, i)
-        prompts.append(prompt)
-        answers.append(conts)
-    flat = [a for conts in answers for a in conts]
-    prompt_ids = tokenizer.encode_batch(prompts)
-    answer_ids = iter(tokenizer.encode_batch(flat))
     eot = [tokenizer.eot_id] if task.bos else []
     out = Sequences([], [], [])
-    for k, (i, ids, conts) in enumerate(zip(chosen, prompt_ids, answers, strict=True)):
-        context = eot + ids
-        if not context:  # nothing to predict the first answer token from: start as a document does
-            context = [tokenizer.eot_id]
-        for _ in conts:
-            answer = next(answer_ids)
-            if not answer or len(answer) > block_size:
-                raise UserError(f"{task.name} item {i}: an answer of {len(answer)} tokens cannot be scored "
-                                f"with a context of {block_size} tokens")
-            out.tokens.append((context + answer)[-(block_size + 1):])
-            out.n_answer.append(len(answer))
-            out.item.append(k)
-    top = max(max(t) for t in out.tokens)
+    for start in range(0, len(chosen), chunk):
+        rendered = [render(task, items, i) for i in chosen[start:start + chunk]]
+        prompt_ids = tokenizer.encode_batch([prompt for prompt, _ in rendered])
+        answer_ids = iter(tokenizer.encode_batch([a for _, answers in rendered for a in answers]))
+        for k, (ids, (_, answers)) in enumerate(zip(prompt_ids, rendered, strict=True), start):
+            # Nothing to predict the first answer token from without a context: start as a document does.
+            context = (eot + ids)[-block_size:] or [tokenizer.eot_id]
+            for _ in answers:
+                answer = next(answer_ids)
+                if not answer or len(answer) > block_size:
+                    raise UserError(f"{task.name} item {chosen[k]}: an answer of {len(answer)} tokens cannot "
+                                    f"be scored with a context of {block_size} tokens")
+                out.tokens.append(np.array((context + answer)[-(block_size + 1):], dtype=np.int32))
+                out.n_answer.append(len(answer))
+                out.item.append(k)
+    top = max(int(t.max()) for t in out.tokens)
     if top >= vocab_size:
         raise UserError(f"{task.name}: the tokenizer gives ids up to {top:,} but the model has "
                         f"{vocab_size:,} embeddings; this model's vocabulary cannot encode the text")

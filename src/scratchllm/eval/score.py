@@ -52,7 +52,7 @@ def batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def score(model, tokens: list[list[int]], n_answer: list[int], device: torch.device, dist: Dist,
+def score(model, tokens: list, n_answer: list[int], device: torch.device, dist: Dist,
           dtype: str = "float32", batch_tokens: int | None = None,
           progress: Callable[[list[int]], None] | None = None) -> Scores:
     """Score the last n_answer[i] tokens of each tokens[i] given the ones before (all ranks get all).
@@ -79,14 +79,14 @@ def score(model, tokens: list[list[int]], n_answer: list[int], device: torch.dev
     return Scores(out[:, 0], out[:, 1].astype(np.int64), out[:, 2] == 0)
 
 
-def _score_batch(model, seqs: list[list[int]], n_answer: list[int], device, dtype: str, out: torch.Tensor,
+def _score_batch(model, seqs: list, n_answer: list[int], device, dtype: str, out: torch.Tensor,
                  rows_out: torch.Tensor) -> None:
     """Add one batch's scores into out[rows_out]."""
     length = max(len(s) for s in seqs)
     # Padding goes on the right, where causal attention keeps it from touching the real tokens.
     full = torch.zeros(len(seqs), length, dtype=torch.long)
     for b, s in enumerate(seqs):
-        full[b, :len(s)] = torch.tensor(s)
+        full[b, :len(s)] = torch.as_tensor(s)
     # The logits at position p predict token p + 1, so an answer at [len - n, len) is read at
     # positions [len - n - 1, len - 1).
     rows = torch.cat([torch.full((n,), b) for b, n in enumerate(n_answer)])
