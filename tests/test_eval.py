@@ -305,3 +305,8 @@ def test_cli_json_for_a_task(tmp_path, model, tok, hs_file, capsys):
     assert cli.main(["eval", "--run", str(run), "--task", "hellaswag", "--data-file", str(hs_file)]) == 0
     table = capsys.readouterr().out
     assert "hellaswag" in table and "items/s" in table
+
+
+def test_core_with_a_data_file_that_is_not_there_is_an_error(bb_cache, tok, tmp_path):
+    with pytest.raises(UserError, match="no such file"):  # given, so meant to be read: not left out quietly
+        TaskSuite(["core"], tok, 128, tok.vocab_size, Dist(), data_file=str(tmp_path / "nope.jsonl"))

@@ -137,8 +137,9 @@ class TaskSuite:
         return first if dist.local_rank == 0 else later
 
     def _leave_out_missing_hellaswag(self, names: list[str], data_file: str | None, warn) -> None:
-        """Core counts HellaSwag only where its file can be had; without it the rest is still scored."""
-        if not any(n in HELLASWAG_TASKS for n in names):
+        """Core counts HellaSwag only where its file can be had; without it the rest is still scored.
+        A file given is meant to be read: a problem with it is an error, not a task left out."""
+        if data_file is not None or not any(n in HELLASWAG_TASKS for n in names):
             return
         reason = None
         if self.dist.local_rank == 0:
