@@ -380,14 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("eval", cmd_eval, "measure a run: held-out loss, HellaSwag, BIG-bench tasks, a CORE-style score")
     p.add_argument("--run", required=True, help="run folder, or a transformers GPT-2 folder (for tasks)")
-    p.add_argument("--task", default="loss",
+    p.add_argument("--task", default="loss", metavar="TASK",
                    help="loss | hellaswag | hellaswag_zeroshot | hellaswag_10shot | bigbench:NAME | core "
                         "(default: loss, the held-out loss)")
-    p.add_argument("--data", default=None, help="token folder for the loss (default: the one the run used)")
-    p.add_argument("--data-file", default=None,
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="token folder for the loss (default: the one the run used)")
+    p.add_argument("--data-file", default=None, metavar="PATH",
                    help="a local copy of a task's data: HellaSwag's JSONL (hellaswag tasks, core) or a "
                         "BIG-bench task.json (bigbench:NAME)")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="score at most N items a task (a fixed random sample)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
