@@ -114,8 +114,8 @@ class TaskSuite:
         expanded = list(dict.fromkeys(n for name in names
                                       for n in (CORE_SUITE if name == "core" else [name])))
         self.left_out: dict[str, str] = {}
-        if self.core:
-            self._leave_out_missing_hellaswag(expanded, data_file, warn)
+        if self.core and data_file is None:  # a file given is meant to be read: a problem is an error
+            self._leave_out_missing_hellaswag(expanded, warn)
         self.prepared = []
         for name in expanded:
             if name in self.left_out:
@@ -136,15 +136,14 @@ class TaskSuite:
         later = dist.on_every_rank(lambda: task.load(data_file) if dist.local_rank != 0 else None)
         return first if dist.local_rank == 0 else later
 
-    def _leave_out_missing_hellaswag(self, names: list[str], data_file: str | None, warn) -> None:
-        """Core counts HellaSwag only where its file can be had; without it the rest is still scored.
-        A file given is meant to be read: a problem with it is an error, not a task left out."""
-        if data_file is not None or not any(n in HELLASWAG_TASKS for n in names):
+    def _leave_out_missing_hellaswag(self, names: list[str], warn) -> None:
+        """Core counts HellaSwag only where its file is cached or can be fetched; else the rest is scored."""
+        if not any(n in HELLASWAG_TASKS for n in names):
             return
         reason = None
         if self.dist.local_rank == 0:
             try:
-                hellaswag.data_path(data_file)
+                hellaswag.data_path()
             except UserError as e:
                 reason = str(e)
         reasons = [r for r in self.dist.gather(reason) if r]
