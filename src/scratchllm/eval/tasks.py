@@ -182,8 +182,10 @@ def _run(p: _Prepared, model, device, dist, dtype: str, progress: bool) -> TaskR
     batch_tokens = default_batch_tokens(device, model.config.vocab_size)
     mine = batches([len(t) for t in seqs.tokens], batch_tokens)[dist.rank::dist.world_size]
     where = f" (rank 0 of {dist.world_size})" if dist.world_size > 1 else ""
-    with tqdm(total=round(sum(weight[i] for g in mine for i in g), 3), unit="item", desc=p.task.name + where,
-              disable=not progress or not dist.main, leave=False, dynamic_ncols=True) as bar:
+    # Items count in fractions (a batch may end inside an item's choices): shown rounded.
+    fmt = "{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}, {rate_fmt}]"
+    with tqdm(total=sum(weight[i] for g in mine for i in g), unit="item", desc=p.task.name + where,
+              bar_format=fmt, disable=not progress or not dist.main, leave=False, dynamic_ncols=True) as bar:
         start = time.perf_counter()
         s = score(model, seqs.tokens, seqs.n_answer, device, dist, dtype, batch_tokens,
                   progress=lambda group: bar.update(sum(weight[i] for i in group)))
