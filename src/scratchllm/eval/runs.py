@@ -90,6 +90,8 @@ def evaluate_run(run: str | Path, task: str = "loss", data: str | None = None, d
             suite = TaskSuite([task], tok, model.config.block_size, model.config.vocab_size, dist, limit,
                               data_file, warn=say)
             precision = resolve(dtype, device)
+            if precision.warning:
+                say(precision.warning)
             out = {"run": str(run), "task": task, "model": label, "dtype": precision.dtype,
                    **suite.evaluate(model, device, precision.dtype, progress=not quiet)}
     finally:
