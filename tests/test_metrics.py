@@ -32,3 +32,27 @@ def test_truncate_samples_matches_the_metrics(tmp_path):
     assert path.read_text() == ""
     truncate_samples(tmp_path / "none.txt", 3)  # nothing to do
     assert not (tmp_path / "none.txt").exists()
+
+
+def test_task_lines_are_drawn_beside_the_loss_with_published_figures(tmp_path):
+    import matplotlib.image
+
+    from scratchllm.train.metrics import task_series
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for step in (0, 10, 20):
+        log.log(step=step, loss=5.0 - step / 10)
+        log.log(step=step, task="hellaswag", n=100, acc=0.25 + step / 1000, acc_norm=0.26 + step / 1000,
+                random_baseline=0.25)
+        log.log(step=step, task="bigbench:operators", n=210, acc=step / 1000, random_baseline=0.0)
+        log.log(step=step, task="core", core_centered=step / 2000, tasks=6)
+    series = task_series(log.rows)
+    hs, ops = series["hellaswag"], series["bigbench:operators"]
+    assert hs["metric"] == "acc_norm" and hs["points"][-1] == (20, 0.28) and hs["chance"] == 0.25
+    assert ("GPT-2 124M", 0.2955) in hs["references"]
+    assert ops["metric"] == "acc" and ops["references"] == []
+    assert series["core"]["metric"] == "core_centered"
+    log.plot(tmp_path / "loss.png")
+    wide = matplotlib.image.imread(tmp_path / "loss.png").shape
+    MetricsLog(tmp_path / "none.jsonl").plot(tmp_path / "plain.png")
+    assert wide[1] > 1.5 * matplotlib.image.imread(tmp_path / "plain.png").shape[1]  # a second panel

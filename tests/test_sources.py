@@ -180,7 +180,7 @@ def test_hub_probe_gives_up_on_a_hanging_lookup(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", hang)
     t0 = time.perf_counter()
-    assert not sources._hub_reachable("https://huggingface.co", timeout=0.5)
+    assert not util.reachable("https://huggingface.co", timeout=0.5)
     assert time.perf_counter() - t0 < 1.5
 
 

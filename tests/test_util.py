@@ -130,3 +130,33 @@ def test_one_line_folds_white_space_and_names_empty_errors():
 
     assert one_line(ValueError("bad\n  value\tthere ")) == "bad value there"
     assert one_line(KeyError()) == "KeyError"
+
+
+def test_url_fetch_caches_only_a_checked_download(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    from scratchllm.util import url_fetch
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "data.jsonl").write_bytes(GOOD)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/data.jsonl"
+    cache = tmp_path / "cache"
+    try:
+        with pytest.raises(UserError, match="sha256"):
+            url_fetch(url, cache, "data.jsonl", hashlib.sha256(b"other").hexdigest())
+        assert list(cache.iterdir()) == []  # nothing kept of a download with the wrong hash
+        path = url_fetch(url, cache, "data.jsonl", GOOD_SHA)
+        assert path.read_bytes() == GOOD
+        (served / "data.jsonl").unlink()  # served no more: the cached copy is used
+        assert url_fetch(url, cache, "data.jsonl", GOOD_SHA) == path
+        with pytest.raises(UserError, match="404"):
+            url_fetch(url, tmp_path / "empty", "data.jsonl", GOOD_SHA)
+    finally:
+        server.shutdown()

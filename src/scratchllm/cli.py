@@ -138,37 +138,14 @@ def _is_main_rank() -> bool:
 
 
 def cmd_eval(args) -> int:
-    import math
+    import json
 
-    from scratchllm.data.tokens import TokenFolder
-    from scratchllm.train.checkpoint import load_run, run_tokenizer
-    from scratchllm.train.distributed import Dist, pick_device
-    from scratchllm.train.metrics import split_bits_per_byte
-    from scratchllm.train.trainer import evaluate
+    from scratchllm.eval.runs import describe, evaluate_run
 
-    device = pick_device("auto")
-    cfg, model, path = load_run(args.run, device, warn=lambda m: print(m, file=sys.stderr))
-    data = args.data or cfg.train.data
-    if not data:
-        raise UserError(f"{args.run}: no token folder recorded; pass --data DIR")
-    folder = TokenFolder.open(data)
-    folder.model_vocab_size(cfg.model.vocab_size)  # the run's model must cover these ids
-    meta, val = folder.meta, folder.val
-    if args.data and meta.get("tokenizer_sha256"):
-        try:
-            tok = run_tokenizer(args.run, cfg)
-        except UserError:
-            tok = None  # a run without a known tokenizer: nothing to compare against
-        if tok is not None and tok.sha256() != meta["tokenizer_sha256"]:
-            raise UserError(f"{data}: these tokens come from another tokenizer than the run's ({tok.name}); "
-                            "tokenize the text with the run's tokenizer first")
-    loss = evaluate(model, val, cfg.train, cfg.model.block_size, device, Dist())
-    line = f"val loss {loss:.4f}, perplexity {math.exp(min(loss, 50)):.2f}"
-    bpb = split_bits_per_byte(loss, meta.get("val", {}))
-    if bpb is not None:
-        line += f", {bpb:.4f} bits/byte"
-    print(f"{line} ({path.name}, {cfg.train.eval_batches} batches of {cfg.train.batch_size} x "
-          f"{cfg.model.block_size} tokens from {data})")
+    out = evaluate_run(args.run, task=args.task, data=args.data, data_file=args.data_file, limit=args.limit,
+                       quiet=args.quiet, warn=lambda m: print(m, file=sys.stderr))
+    if out is not None:  # rank 0 of a torchrun job, or the only process
+        print(json.dumps(out) if args.json else describe(out))
     return 0
 
 
@@ -337,9 +314,19 @@ def _run_commands(add, group) -> None:
                    help="optimizer steps of the run; the cosine schedule ends there")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
 
-    p = add("eval", cmd_eval, "evaluate a run's model on validation tokens")
-    p.add_argument("--run", required=True, help="run folder")
-    p.add_argument("--data", default=None, help="token folder (default: the one the run used)")
+    p = add("eval", cmd_eval, "measure a run: held-out loss, HellaSwag, BIG-bench tasks, a CORE-style score")
+    p.add_argument("--run", required=True, help="run folder, or a transformers GPT-2 folder (for tasks)")
+    p.add_argument("--task", default="loss", metavar="TASK",
+                   help="loss | hellaswag | hellaswag_zeroshot | hellaswag_10shot | bigbench:NAME | core "
+                        "(default: loss, the held-out loss)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="token folder for the loss (default: the one the run used)")
+    p.add_argument("--data-file", default=None, metavar="PATH",
+                   help="a local copy of a task's data: HellaSwag's JSONL (hellaswag tasks, core) or a "
+                        "BIG-bench task.json (bigbench:NAME)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="score at most N items a task (a fixed random sample)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = add("generate", cmd_generate, "generate text from a trained run")
     p.add_argument("--run", required=True, help="run folder")

@@ -20,16 +20,14 @@ import gc
 import glob
 import logging
 import os
-import socket
 import tarfile
-import threading
 import weakref
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from scratchllm.util import UserError, cache_dir, one_line, pip_fetch
+from scratchllm.util import UserError, cache_dir, one_line, pip_fetch, reachable
 
 
 @dataclass
@@ -330,32 +328,6 @@ def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def _hub_reachable(url: str, timeout: float = 1.5) -> bool:
-    """Can a TCP connection be opened to the hub (or the proxy in front of it) within `timeout` seconds?"""
-    parts = urlsplit(url)
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    if proxy and parts.scheme == "https":
-        parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    if not host:
-        return False
-    ok = []
-
-    def probe():
-        # Only the handshake the datasets library would start anyway; nothing is sent.
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    # Name resolution ignores socket timeouts, so the probe runs in a thread we stop waiting for.
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.2)
-    return bool(ok)
-
-
 class HubSource(DatasetsSource):
     """hf:OWNER/NAME[:CONFIG], streamed from the hub; unbounded as far as we know."""
 
@@ -377,7 +349,7 @@ class HubSource(DatasetsSource):
                                 f"{_OFFLINE_HINT}")
         from huggingface_hub import constants
 
-        if not _hub_reachable(constants.ENDPOINT):
+        if not reachable(constants.ENDPOINT):
             host = urlsplit(constants.ENDPOINT).hostname
             raise UserError(f"cannot reach the Hugging Face hub ({host}) for {self.spec}: {_OFFLINE_HINT}")
         import datasets

@@ -1,4 +1,5 @@
-"""What a run records: `metrics.jsonl` (one JSON object a line) and `loss.png` (train and val curves)."""
+"""What a run records: `metrics.jsonl` (one JSON object a line) and `loss.png` (the loss curves, and task
+accuracy beside them when the run evaluates tasks)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
 
     def plot(self, path: str | Path, title: str = "") -> None:
-        """Write the train and val loss curves as a PNG (atomically)."""
+        """Write the loss curves, and any task accuracy beside them, as a PNG (atomically)."""
         try:
             import matplotlib
         except ImportError:  # plotting is optional (e.g. a bare GPU image); metrics.jsonl has it all
@@ -87,7 +88,10 @@ class MetricsLog:
 
         train = [(r["step"], r["loss"]) for r in self.rows if "loss" in r]
         val = [(r["step"], r["val_loss"]) for r in self.rows if "val_loss" in r]
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+        tasks = task_series(self.rows)
+        fig, axes = plt.subplots(1, 2 if tasks else 1, figsize=(13 if tasks else 7, 4.5), dpi=100,
+                                 squeeze=False)
+        ax = axes[0][0]
         if train:
             ax.plot(*zip(*train, strict=True), label="train", lw=1, alpha=0.8)
         if val:
@@ -96,8 +100,51 @@ class MetricsLog:
         ax.set_ylabel("cross-entropy loss (nats/token)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if train or val:
+            ax.legend()
+        if tasks:
+            _plot_tasks(axes[0][1], tasks)
         fig.tight_layout()
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
         plt.close(fig)
+
+
+def task_series(rows: list[dict]) -> dict[str, dict]:
+    """Per task of the task lines: its headline metric, the (step, value) points, chance, and the
+    published figures to draw beside it (see scratchllm.eval.references)."""
+    from scratchllm.eval.references import REFERENCES
+
+    out: dict[str, dict] = {}
+    for r in rows:
+        if "task" not in r:
+            continue
+        metric = "core_centered" if "core_centered" in r else ("acc_norm" if "acc_norm" in r else "acc")
+        series = out.setdefault(r["task"], {"metric": metric, "points": [],
+                                            "chance": r.get("random_baseline"),
+                                            "references": REFERENCES.get(r["task"], [])})
+        series["points"].append((r["step"], r[metric]))
+    return out
+
+
+def _plot_tasks(ax, tasks: dict[str, dict]) -> None:
+    """Task accuracy over the steps, a dashed line in the same colour for each published figure."""
+    chances = set()
+    for name, s in tasks.items():
+        label = f"{name} ({s['metric']})" if name != "core" else "CORE-style score (centred; CORE subset)"
+        (line,) = ax.plot(*zip(*s["points"], strict=True), "o-", lw=1.5, ms=3, label=label)
+        for who, value in s["references"]:
+            ax.axhline(value, color=line.get_color(), ls="--", lw=1, alpha=0.7)
+            ax.annotate(f"{who} {100 * value:g}%", (0.01, value), xycoords=("axes fraction", "data"),
+                        va="bottom", fontsize=8, color=line.get_color())
+        if s["chance"]:
+            chances.add(s["chance"])
+    for c in sorted(chances):
+        ax.axhline(c, color="grey", ls=":", lw=1)
+        ax.annotate(f"chance {c:.0%}", (0.99, c), xycoords=("axes fraction", "data"), ha="right",
+                    va="bottom", fontsize=8, color="grey")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("task accuracy")
+    ax.set_title("downstream tasks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
