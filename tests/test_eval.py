@@ -14,6 +14,7 @@ from _eval_helpers import (
     BIGBENCH,
     HELLASWAG_ROWS,
     LANGUAGES,
+    TEXT,
     fake_sdist,
     make_run,
     random_model,
@@ -310,3 +311,55 @@ def test_cli_json_for_a_task(tmp_path, model, tok, hs_file, capsys):
 def test_core_with_a_data_file_that_is_not_there_is_an_error(bb_cache, tok, tmp_path):
     with pytest.raises(UserError, match="no such file"):  # given, so meant to be read: not left out quietly
         TaskSuite(["core"], tok, 128, tok.vocab_size, Dist(), data_file=str(tmp_path / "nope.jsonl"))
+
+
+def _task_run_cfg(**extra):
+    from scratchllm.config import build_config
+
+    sets = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 128,
+            "train.batch_size": 2, "train.dtype": "float32", "train.eval_batches": 1,
+            "train.sample_tokens": 0,
+            "train.eval_every": 2, "train.ckpt_every": 1, "train.log_every": 1, "train.warmup_steps": 1,
+            "train.eval_tasks": "bigbench:operators,bigbench:simple_mc", "train.task_every": 2,
+            "train.max_steps": 4, **extra}
+    return build_config("tiny", sets=[f"{k}={v}" for k, v in sets.items()])
+
+
+def test_training_scores_the_tasks_on_schedule_and_a_resume_logs_them_once(bb_cache, tok, tmp_path):
+    from scratchllm.data.sources import Document
+    from scratchllm.data.tokenize import tokenize_to_dir
+    from scratchllm.train import train
+    from scratchllm.train.checkpoint import load_run
+
+    docs = [Document(i, f"d{i}", TEXT) for i in range(4)]
+    data = tmp_path / "data"
+    tokenize_to_dir(docs, tok, data, val_docs=1, quiet=True)
+    rows = lambda run: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    tasks = lambda run: [(r["step"], r["task"], r["acc"]) for r in rows(run) if "task" in r]  # noqa: E731
+
+    train(_task_run_cfg(), data, tmp_path / "full", quiet=True)
+    full = tasks(tmp_path / "full")
+    assert [(s, t) for s, t, _ in full] == [(2, "bigbench:operators"), (2, "bigbench:simple_mc"),
+                                            (4, "bigbench:operators"), (4, "bigbench:simple_mc")]
+    assert {r["n"] for r in rows(tmp_path / "full") if r.get("task") == "bigbench:simple_mc"} == {3}
+    _, model, _ = load_run(tmp_path / "full")  # the logged accuracy is the final model's
+    direct = evaluate_tasks(model, tok, ["bigbench:simple_mc"], torch.device("cpu"), Dist(), dtype="float32")
+    assert full[-1][2] == direct["results"]["bigbench:simple_mc"]["acc"]
+
+    train(_task_run_cfg(**{"train.max_steps": 3}), data, tmp_path / "cut", quiet=True)  # ends off schedule
+    assert [s for s, _, _ in tasks(tmp_path / "cut")] == [2, 2, 3, 3]  # the end of a run is scored too
+    train(_task_run_cfg(), data, tmp_path / "cut", resume=True, quiet=True)
+    assert tasks(tmp_path / "cut") == full  # the off-schedule step-3 scores are gone, step 4's are there
+    assert (tmp_path / "full" / "loss.png").stat().st_size > 0
+
+
+def test_training_with_an_unknown_task_stops_before_the_first_step(bb_cache, tok, tmp_path, run_cli):
+    from scratchllm.data.sources import Document
+    from scratchllm.data.tokenize import tokenize_to_dir
+
+    data = tmp_path / "data"
+    tokenize_to_dir([Document(i, f"d{i}", TEXT) for i in range(3)], tok, data, val_docs=1, quiet=True)
+    r = run_cli("train", "--data", data, "--out", tmp_path / "run", "--set", "train.eval_tasks=hellaswagg",
+                "--set", "model.n_layer=1", "--set", "model.n_embd=32", "--set", "model.n_head=2")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "hellaswagg" in r.stderr
+    assert not (tmp_path / "run" / "ckpt").exists()

@@ -126,6 +126,9 @@ class TrainConfig:
     order: str = "random"  # random windows, or sequential non-overlapping epochs
     eval_every: int = 200
     eval_batches: int = 20
+    eval_tasks: list[str] = field(default_factory=list)  # downstream tasks: hellaswag, bigbench:NAME, core
+    task_every: int = 0  # steps between task evaluations (0: only at the end of the run)
+    task_limit: int = 0  # items scored per task, a fixed sample (0: all of them)
     log_every: int = 10
     ckpt_every: int = 500
     keep_last: int = 2  # checkpoints kept besides the best one
@@ -163,6 +166,7 @@ _TRAIN_BOUNDS = [
     (("batch_size", "grad_accum", "eval_batches", "log_every", "eval_every", "ckpt_every", "keep_last"), 1,
      "be at least 1"),
     (("max_steps", "max_tokens", "warmup_steps", "sample_tokens", "muon_momentum_warmup", "max_minutes",
+      "task_every", "task_limit",
       "weight_decay", "grad_clip", "embed_lr", "muon_weight_decay"), 0, "not be negative"),
 ]
 
@@ -219,8 +223,12 @@ class Config:
                 raise UserError(f"--set {item!r}: only {allowed} keys apply here")
             text = text.strip()
             target = {"model": self.model, "train": self.train}.get(section)
-            is_str = target is not None and _field_types(target).get(name) is str
-            values.setdefault(section, {})[name] = text.strip("'\"") if is_str else _parse_text(text)
+            kind = _field_types(target).get(name) if target is not None else None
+            if kind is list:  # a,b,c (brackets and quotes optional): train.eval_tasks=hellaswag,core
+                value: Any = [v.strip().strip("'\"") for v in text.strip("[]").split(",") if v.strip()]
+            else:
+                value = text.strip("'\"") if kind is str else _parse_text(text)
+            values.setdefault(section, {})[name] = value
         return self.update(values, "--set")
 
 
@@ -292,6 +300,8 @@ def _field_types(obj) -> dict[str, type]:
         args = [a for a in typing.get_args(t) if a is not type(None)]  # Optional[X] -> X
         if typing.get_origin(t) is typing.Literal:
             t = type(args[0])
+        elif typing.get_origin(t) is list:  # list[str]: the only kind of list a setting holds
+            t = list
         elif args and typing.get_origin(t) is not None:
             t = args[0]
         types[f.name] = t
@@ -309,9 +319,11 @@ def _coerce(obj, section: str, key: str, value, origin: str):
         or (want is int and isinstance(value, int) and not isinstance(value, bool))
         or (want is float and isinstance(value, (int, float)) and not isinstance(value, bool))
         or (want is str and isinstance(value, str))
+        or (want is list and isinstance(value, list) and all(isinstance(v, str) for v in value))
     )
     if not ok:
-        raise UserError(f"{origin}: {section}.{key} must be {want.__name__}, got {value!r}")
+        kind = "a list of strings" if want is list else want.__name__
+        raise UserError(f"{origin}: {section}.{key} must be {kind}, got {value!r}")
     return float(value) if want is float else value
 
 

@@ -56,16 +56,21 @@ class MetricsLog:
                 except ValueError:  # a line cut off by a kill: it is rewritten after the resume
                     break
 
-    def truncate_after(self, step: int, scheduled_eval=lambda s: True) -> None:
+    def truncate_after(self, step: int, scheduled_eval=lambda s: True, scheduled_tasks=None) -> None:
         """Forget lines after `step` (a resume replays those steps and writes them again).
 
-        At `step` itself the training line is kept, and an evaluation only if `scheduled_eval(step)`:
-        one made because a run stopped early (time budget) is not in the uninterrupted run's log, so a
-        resume drops it. A resume writes its own precision line again where it needs one.
+        At `step` itself the training line is kept, an evaluation only if `scheduled_eval(step)` and
+        task lines only if `scheduled_tasks(step)` (default: the same rule): one made because a run
+        stopped early (time budget) is not in the uninterrupted run's log, so a resume drops it. A
+        resume writes its own precision line again where it needs one.
         """
+        tasks_kept = (scheduled_tasks or scheduled_eval)(step)
+
         def kept(r: dict) -> bool:
             at = r.get("step", 0)
-            return at < step or (at == step and ("loss" in r or ("val_loss" in r and scheduled_eval(step))))
+            if at != step:
+                return at < step
+            return "loss" in r or ("val_loss" in r and scheduled_eval(step)) or ("task" in r and tasks_kept)
 
         self.rows = [r for r in self.rows if kept(r)]
         text = "".join(json.dumps(r) + "\n" for r in self.rows)

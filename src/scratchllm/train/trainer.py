@@ -184,7 +184,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, train_tokens: np.ndarray, val_tokens: np.ndarray | None = None,
                  meta: dict | None = None, out: Path | None = None, dist: Dist | None = None,
-                 device: torch.device | None = None, quiet: bool = True):
+                 device: torch.device | None = None, quiet: bool = True, tokenizer=None):
         self.cfg, self.tc = cfg, cfg.train
         self.dist, self.device = dist or Dist(), device or torch.device("cpu")
         self.out, self.val_tokens, self.meta, self.quiet = out, val_tokens, meta or {}, quiet
@@ -194,15 +194,15 @@ class Trainer:
         self.precision = resolve(self.tc.dtype, self.device)
         if self.precision.warning:
             self.warn(self.precision.warning)
-        self.say(f"precision: {self.precision.dtype} ({self.precision.reason})")
         self._build(train_tokens)
         self.steps, self.best_val = 0, math.inf
         self.best_ckpt: Path | None = None
-        self.evaluated_at = self.saved_at = -1
+        self.evaluated_at = self.saved_at = self.tasks_at = -1
         tc = self.tc
         self.tokens_per_step = tc.batch_size * cfg.model.block_size * tc.grad_accum * self.dist.world_size
         self.metrics = MetricsLog(out / "metrics.jsonl") if out is not None and main else None
-        self.tokenizer = None
+        self.tokenizer = tokenizer  # for text samples and downstream tasks
+        self.tasks = self._task_suite() if self.tc.eval_tasks else None
         self._stop_flags = [False, False]  # a stop signal, the time budget: as all ranks last agreed
         self.signals: _StopSignals | None = None
         self.bar: Any = None  # the progress bar, while `fit` runs
@@ -244,6 +244,17 @@ class Trainer:
         fwd = self.ddp if self.ddp is not None else self.model
         self.fwd = torch.compile(fwd) if compiled else fwd
         self.eval_model = self.model if dist.enabled else self.fwd  # evaluation needs no gradient sync
+
+    def _task_suite(self):
+        """The downstream tasks of `train.eval_tasks`, tokenized once for the whole run."""
+        from scratchllm.eval.tasks import TaskSuite
+
+        if self.tokenizer is None:
+            raise UserError("train.eval_tasks needs the data's tokenizer (tokenizer.json in the token "
+                            "folder)")
+        model = self.cfg.model
+        return TaskSuite(self.tc.eval_tasks, self.tokenizer, model.block_size, model.vocab_size, self.dist,
+                         limit=self.tc.task_limit or None, warn=self.warn)
 
     @property
     def run_dir(self) -> Path:
@@ -330,11 +341,36 @@ class Trainer:
         if text is not None:
             with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
                 f.write(sample_entry(self.steps, val_loss, text))
-        self.metrics.plot(self.run_dir / "loss.png",
-                          title=f"{self.run_dir.name}: {self.model.num_params() / 1e6:.1f}M parameters")
+        self._plot()
         self.say(f"step {self.steps}: val loss {val_loss:.4f}"
                  + (f", {row['val_bpb']:.3f} bits/byte" if "val_bpb" in row else ""))
         return val_loss
+
+    def _plot(self) -> None:
+        assert self.metrics is not None
+        self.metrics.plot(self.run_dir / "loss.png",
+                          title=f"{self.run_dir.name}: {self.model.num_params() / 1e6:.1f}M parameters")
+
+    def evaluate_tasks(self) -> dict:
+        """Downstream task accuracy at this step (every rank scores its share); rank 0 logs a row a task."""
+        from scratchllm.eval.tasks import task_rows
+
+        assert self.tasks is not None, "train.eval_tasks is empty"
+        out = self.tasks.evaluate(self.model, self.device, self.precision.dtype)
+        self.tasks_at = self.steps
+        if self.metrics is not None:
+            for row in task_rows(self.steps, out):
+                self.metrics.log(**row)
+            self._plot()
+            scores = [f"{name} {r.get('acc_norm', r['acc']):.3f}" for name, r in out["results"].items()]
+            self.say(f"step {self.steps}: {', '.join(scores)}")
+        return out
+
+    def tasks_due(self) -> bool:
+        """Whether the downstream tasks are scheduled at this step (every task_every, and the last)."""
+        tc = self.tc
+        return self.tasks is not None and self.tasks_at != self.steps and (
+            bool(tc.task_every) and self.steps % tc.task_every == 0 or self.steps >= tc.max_steps)
 
     def save(self, val_loss: float | None) -> None:
         """Checkpoint this step (rank 0 writes; every rank's RNG goes in); keep the best and the newest."""
@@ -375,6 +411,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         tc = self.tc
+        self.say(f"precision: {self.precision.dtype} ({self.precision.reason})")
         self.bar = tqdm(total=tc.max_steps, initial=self.steps, disable=self.quiet or self.metrics is None,
                         unit="step", dynamic_ncols=True, file=sys.stderr)
         val_loss = self.evaluate() if self.steps == 0 and tc.eval_every else None
@@ -386,6 +423,8 @@ class Trainer:
                 val_loss = None
                 if self.steps % tc.eval_every == 0 or self.steps == tc.max_steps:  # before the save
                     val_loss = self.evaluate()
+                if self.tasks_due():
+                    self.evaluate_tasks()
                 if self.steps % tc.ckpt_every == 0:
                     self.save(val_loss)
             # Still inside the signal handler: a Ctrl-C during the final evaluation must not lose the
@@ -394,6 +433,8 @@ class Trainer:
             self.say(f"stopping: {reason}")
             if self.evaluated_at != self.steps and not self._stop_flags[0]:
                 val_loss = self.evaluate()
+            if self.tasks is not None and self.tasks_at != self.steps and not self._stop_flags[0]:
+                self.evaluate_tasks()
             if self.saved_at != self.steps:
                 self.save(val_loss)
         self.dist.barrier()
@@ -416,7 +457,7 @@ def tqdm_write(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
 
 
-def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None, data_dir: Path) -> None:
+def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None) -> None:
     """Rank 0: cut the logs back to the resumed step, save the config and tokenizer, note the precision."""
     out, tc, step, metrics = trainer.run_dir, trainer.tc, trainer.steps, trainer.metrics
     assert metrics is not None, "rank 0 keeps the log"
@@ -426,8 +467,11 @@ def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None, data_
     def scheduled(s):
         return s % tc.eval_every == 0 or s >= tc.max_steps
 
+    def scheduled_tasks(s):
+        return bool(tc.task_every) and s % tc.task_every == 0 or s >= tc.max_steps
+
     kept = step if found is not None else -1  # a fresh start keeps nothing of a run that died early
-    metrics.truncate_after(kept, scheduled)
+    metrics.truncate_after(kept, scheduled, scheduled_tasks)
     truncate_samples(out / "samples.txt", kept, scheduled)
     trainer.cfg.save(out / "config.toml")
     precision = trainer.precision
@@ -436,8 +480,7 @@ def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None, data_
         if before is not None:
             trainer.say(f"note: the checkpoint was trained in {before}; continuing in {precision.dtype}")
         metrics.log(step=step, dtype=precision.dtype, dtype_reason=precision.reason,
-                            device=str(trainer.device))
-    trainer.tokenizer = load_tokenizer(data_dir)
+                    device=str(trainer.device))
     if trainer.tokenizer is not None and found is None:
         trainer.tokenizer.save(out / "tokenizer")  # the run folder is then enough for generate and export
 
@@ -453,12 +496,15 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         # Ranks on machines without a shared filesystem may see different data folders.
         meta, train_tokens, val_tokens, cfg = dist.on_every_rank(lambda: open_data(data_dir, cfg))
         cfg = replace(cfg, train=replace(cfg.train, data=str(data_dir.resolve())))
-        trainer = Trainer(cfg, train_tokens, val_tokens, meta, out, dist, device, quiet)
+        # Rank 0 writes text samples; with downstream tasks every rank scores its share of the items.
+        tokenizer = load_tokenizer(data_dir) if dist.main or cfg.train.eval_tasks else None
+        trainer = dist.on_every_rank(lambda: Trainer(cfg, train_tokens, val_tokens, meta, out, dist, device,
+                                                     quiet, tokenizer))
         if found is not None:
             trainer.restore(*found)
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
-            _prepare_run_folder(trainer, found, data_dir)
+            _prepare_run_folder(trainer, found)
         return trainer.fit()
     finally:
         teardown()
