@@ -36,14 +36,25 @@ The preset gpt2-124m with: the embedding and head padded to 50,304 rows (a multi
 matmuls; the extra rows are never sampled, never counted in the loss, and export cuts them off),
 bfloat16 and torch.compile. lr 6e-4 decayed to 6e-5 and AdamW betas (0.9, 0.95) are the GPT-3
 paper's values for this size."""),
-    "tiny-shakespeare-cpu.toml": ("tiny", [], """\
-The CPU model of `make demo`, trained by steps instead of a time budget: 4 layers, 256 wide,
-context 256, about 4.3M parameters with a 4,096-token BPE.
+    "tiny-shakespeare-cpu.toml": ("tiny-modern", [], """\
+The largest model of `make demo`, trained by steps instead of a time budget: 4 layers, 256 wide,
+context 256, about 4.3M parameters with a 4,096-token BPE, in the speedruns' recipe (Muon, WSD).
 
   scratchllm train --data demo/tokens --out runs/tiny --config configs/tiny-shakespeare-cpu.toml
 
-The preset tiny; vocab_size 0 takes the vocabulary from the token folder, and dtype auto picks
-bfloat16 on CPUs with bf16 instructions and float32 on the others."""),
+The preset tiny-modern; vocab_size 0 takes the vocabulary from the token folder, and dtype auto
+picks bfloat16 on CPUs with bf16 instructions and float32 on the others."""),
+    "modern-124m-fineweb.toml": ("modern-124m", [
+        "model.vocab_size=50257", "train.dtype=bfloat16", "train.compile=true",
+    ], """\
+GPT-2 small's shape in the speedruns' recipe on FineWeb-Edu with GPT-2's tokenizer: RoPE, RMSNorm,
+QK-norm, ReLU², untied head, zero-initialised projections, logits soft-capped at 15, U-net skips;
+Muon for the blocks' matrices, AdamW for the embeddings and head, warm-up-stable-decay.
+
+  scratchllm train --data data/fineweb-gpt2 --out runs/modern --config configs/modern-124m-fineweb.toml
+
+The same 524,288-token steps as gpt2-124m-fineweb.toml (16 x 1024 x 32); with torchrun on 8 GPUs
+add --set train.grad_accum=4. The learning rates are nanochat's for this width."""),
 }
 
 
