@@ -44,6 +44,8 @@ RECIPES = {"baseline": "tiny", "best": "tiny-modern"}
 DOC_PACKAGE = "python3.11-doc"
 DOC_SOURCES = Path("usr/share/doc/python3.11/html/_sources")
 EVAL_POINTS = 40  # evaluations over a run: the crossing point is known to 1/40 of the steps
+EVAL_OVERHEAD = 1.25  # the evaluations' share of a race, as a factor on the training time
+QUICK_STEPS, QUICK_MINUTES = 300, 12.0
 
 
 def _say(msg: str = "") -> None:
@@ -193,25 +195,44 @@ def report(corpus: str, curves: dict[str, Curve], meta: dict, steps: int) -> dic
             "time_fraction": None if time_fraction is None else round(time_fraction, 3)}
 
 
+def quick_shape(steps: int, n_corpora: int) -> list[str]:
+    """The largest of the demo's model shapes whose races all fit QUICK_MINUTES here (measured)."""
+    from scratchllm.data.tokens import read_tokens
+    from scratchllm.demo import DEMO_MODELS, steps_per_second
+
+    tokens = read_tokens(corpus_tokens("shakespeare") / "train.bin")
+    for shape in DEMO_MODELS:
+        rates = [steps_per_second(build_config(preset, sets=[*shape, "model.vocab_size=4096"]), tokens)
+                 for preset in RECIPES.values()]
+        minutes = n_corpora * steps * sum(1 / r for r in rates) * EVAL_OVERHEAD / 60
+        if minutes <= QUICK_MINUTES:
+            break
+    _say(f"--quick: {', '.join(shape) or 'the presets shape'} ({minutes:.1f} minutes of training expected)")
+    return shape
+
+
 def main() -> None:
     """Race the two recipes on each corpus and print the figures."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default="python-docs,shakespeare", help="comma-separated corpora")
-    p.add_argument("--steps", type=int, default=None, help="steps of each run (default 600, --quick 200)")
-    p.add_argument("--quick", action="store_true", help="fewer steps: under 15 minutes on 2 cores")
+    p.add_argument("--steps", type=int, default=None, help="steps of each run (default 600, --quick 300)")
+    p.add_argument("--quick", action="store_true",
+                   help="300 steps on the largest of the demo's shapes that fits 15 minutes here")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of both recipes (e.g. model.block_size=128)")
     args = p.parse_args()
-    steps = args.steps or (200 if args.quick else 600)
+    steps = args.steps or (QUICK_STEPS if args.quick else 600)
+    corpora = args.corpus.split(",")
+    shape = quick_shape(steps, len(corpora)) if args.quick else []
     from scratchllm.train.precision import resolve
 
     precision = resolve("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     _say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {precision.dtype} "
          f"({precision.reason})")
     lines = []
-    for corpus in args.corpus.split(","):
+    for corpus in corpora:
         data = corpus_tokens(corpus)
-        cfgs = {name: build_config(preset, sets=[f"train.max_steps={steps}", *args.set])
+        cfgs = {name: build_config(preset, sets=[*shape, f"train.max_steps={steps}", *args.set])
                 for name, preset in RECIPES.items()}
         meta = json.loads((data / "meta.json").read_text())
         _say(f"\n== {corpus}: train {meta['train']['tokens']:,} tokens, "
