@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -23,7 +22,7 @@ def heldout_loss(run: str | Path, data: str | Path | None, device, dist, warn=pr
     given, data = data is not None, data or cfg.train.data
     if not data:
         raise UserError(f"{run}: no token folder recorded; pass --data DIR")
-    meta, _, val, _ = open_data(data, dataclasses.replace(cfg, explicit=frozenset({"model.vocab_size"})))
+    meta, _, val, _ = open_data(data, cfg)  # the run's vocabulary: its tokens must fit it
     if given and meta.get("tokenizer_sha256"):
         try:
             tok = run_tokenizer(run, cfg)
