@@ -76,9 +76,16 @@ class TokenLoader:
         self.batches = int(state["batches"])
 
 
+def val_batch_count(n_tokens: int, batch_size: int, block_size: int) -> int:
+    """How many sequential batches it takes to read every window of `n_tokens` tokens once."""
+    return -(-((n_tokens - 1) // block_size) // batch_size)
+
+
 def eval_batches(tokens: np.ndarray, batch_size: int, block_size: int, n_batches: int, rank: int = 0,
                  world_size: int = 1):
-    """The fixed validation set: the first `n_batches` sequential batches, this rank's share of them."""
+    """The fixed validation set: the first `n_batches` sequential batches (at most one pass over the
+    tokens: more would only repeat them), this rank's share of them."""
     loader = TokenLoader(tokens, batch_size, block_size, order="sequential", name="val.bin")
+    n_batches = min(n_batches, val_batch_count(len(tokens), batch_size, block_size))
     for k in range(rank, n_batches, world_size):
         yield loader.batch_at(k)

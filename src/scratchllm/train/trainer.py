@@ -26,6 +26,7 @@ from scratchllm.config import Config, TrainConfig
 from scratchllm.data.tokens import TokenFolder
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.distributed import Dist, setup, teardown
+from scratchllm.train.limits import check_fits
 from scratchllm.train.loader import TokenLoader, eval_batches
 from scratchllm.train.metrics import MetricsLog, sample_entry, split_bits_per_byte, truncate_samples
 from scratchllm.train.optim import make_optimizer
@@ -452,6 +453,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         found = _resume_point(out / "ckpt", resume, dist, warn)
         # Ranks on machines without a shared filesystem may see different data folders.
         meta, train_tokens, val_tokens, cfg = dist.on_every_rank(lambda: open_data(data_dir, cfg))
+        dist.on_every_rank(lambda: check_fits(cfg, device))  # before building what cannot fit
         cfg = replace(cfg, train=replace(cfg.train, data=str(data_dir.resolve())))
         trainer = Trainer(cfg, train_tokens, val_tokens, meta, out, dist, device, quiet)
         if found is not None:
