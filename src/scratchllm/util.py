@@ -147,9 +147,14 @@ def disk_free(path: str | Path) -> int:
     return shutil.disk_usage(_existing(path)).free
 
 
+def disk_total(path: str | Path) -> int:
+    """Size in bytes of the file system that holds `path` (or its nearest existing parent)."""
+    return shutil.disk_usage(_existing(path)).total
+
+
 def default_min_free(path: str | Path) -> int:
-    """Space to leave free when none is asked for: 1 GB or 5% of the disk, the larger."""
-    return max(10**9, int(0.05 * shutil.disk_usage(_existing(path)).total))
+    """Space a download leaves free when none is asked for: 1 GB or 5% of the disk, the larger."""
+    return max(10**9, int(0.05 * disk_total(path)))
 
 
 def _existing(path: str | Path) -> Path:

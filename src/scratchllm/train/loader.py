@@ -20,6 +20,9 @@ import torch
 
 from scratchllm.util import UserError
 
+# What `TokenLoader.state_dict` holds: the position, and what it depends on.
+STATE_KEYS = ("batches", "order", "seed", "batch_size", "block_size", "world_size", "n_tokens")
+
 
 class TokenLoader:
     """Resumable, rank-aware batches of shape (batch_size, block_size) from a 1-D token array."""
@@ -70,7 +73,7 @@ class TokenLoader:
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where `state_dict()` was taken."""
         mine = self.state_dict()
-        for key in ("order", "seed", "batch_size", "block_size", "world_size", "n_tokens"):
+        for key in STATE_KEYS[1:]:
             if state.get(key) != mine[key]:
                 raise UserError(f"cannot resume the data loader: {key} was {state.get(key)}, now {mine[key]}")
         self.batches = int(state["batches"])
