@@ -197,6 +197,15 @@ def test_generate_bad_arguments(run_cli, run, flag, value, words):
     _one_line_error(run_cli("generate", "--run", run, "--prompt", "To be", flag, value), words)
 
 
+@pytest.mark.parametrize("flag, value", [("--temperature", "1e-300"), ("--top-p", "1e-300")])
+def test_generate_with_a_tiny_temperature_or_top_p_is_greedy(run_cli, run, flag, value):
+    args = ("generate", "--run", run, "--prompt", "To be", "--max-new-tokens", 12)
+    greedy = run_cli(*args, "--temperature", "0")
+    r = run_cli(*args, flag, value)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == greedy.stdout
+
+
 def test_generate_to_a_narrow_encoding_replaces_what_it_cannot_show(run_cli, run, cli_env):
     env = {**cli_env, "PYTHONIOENCODING": "cp1252"}
     r = run_cli("generate", "--run", run, "--prompt", "snow \u2603", "--max-new-tokens", 30,
