@@ -190,7 +190,8 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
     try:
         lock.acquire()
     except Timeout:
-        raise UserError(f"another {what} is writing {folder}{_holder(path)}; wait for it to finish") from None
+        held, who = _holder(path, what)
+        raise UserError(f"another {held} is writing {folder}{who}; wait for it to finish") from None
     try:
         yield
     finally:
@@ -210,19 +211,20 @@ def _write_holder(fd: int, what: str) -> None:
         pass
 
 
-def _holder(path: Path) -> str:
-    """' (pid N on HOST since TIME)' as the holder of the lock file `path` wrote it, or '' when unknown."""
+def _holder(path: Path, what: str) -> tuple[str, str]:
+    """(what holds lock file `path`, ' (pid N on HOST, since TIME)') as the holder wrote them; `what`
+    and '' when that is not known."""
     import psutil
 
     try:
         who = json.loads(path.read_text(encoding="utf-8"))
-        pid, host, since = int(who["pid"]), str(who["host"]), str(who["since"])
+        held, pid, host, since = str(who["what"]), int(who["pid"]), str(who["host"]), str(who["since"])
     except (OSError, ValueError, TypeError, KeyError):
-        return ""
+        return what, ""
     # Between taking the lock and writing its name a holder leaves the last holder's name in place.
     if host == socket.gethostname() and not psutil.pid_exists(pid):
-        return ""
-    return f" (pid {pid} on {host}, since {since})"
+        return what, ""
+    return held, f" (pid {pid} on {host}, since {since})"
 
 
 def _pip_download(requirement: str, dest: Path, sdist: bool) -> None:
