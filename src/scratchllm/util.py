@@ -152,11 +152,6 @@ def disk_total(path: str | Path) -> int:
     return shutil.disk_usage(_existing(path)).total
 
 
-def default_min_free(path: str | Path) -> int:
-    """Space a download leaves free when none is asked for: 1 GB or 5% of the disk, the larger."""
-    return max(10**9, int(0.05 * disk_total(path)))
-
-
 def _existing(path: str | Path) -> Path:
     path = Path(path).resolve()
     while not path.exists() and path.parent != path:

@@ -22,8 +22,8 @@ from scratchllm.util import (
     UserError,
     atomic_path,
     atomic_write_json,
-    default_min_free,
     disk_free,
+    disk_total,
     folder_lock,
     format_size,
     one_line,
@@ -37,6 +37,11 @@ FORMAT_VERSION = 1
 def shard_name(i: int) -> str:
     """File name of shard number i."""
     return f"shard_{i:06d}.parquet"
+
+
+def default_min_free(path: Path) -> int:
+    """Space to leave free when none is asked for: 1 GB or 5% of the disk, the larger."""
+    return max(10**9, int(0.05 * disk_total(path)))
 
 
 def read_manifest(folder: str | Path) -> dict:
