@@ -62,5 +62,8 @@ def check_rng_state(state) -> None:
         random.Random().setstate(python)
         np.random.RandomState().set_state(numpy)
         torch.Generator().set_state(cpu)
+        if torch.cuda.is_available():  # elsewhere CUDA states are kept, never set
+            for t in cuda:
+                torch.Generator(device="cuda").set_state(t)
     except Exception as e:  # whatever a library says of a malformed state: it is not one
         raise ValueError(f"not a saved RNG state ({type(e).__name__})") from None
