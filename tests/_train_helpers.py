@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +55,11 @@ def losses(run: Path) -> list[tuple[int, float]]:
     """(step, loss) of every training line of a run's metrics.jsonl."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def fill_disk(folder: Path, leave: int) -> Path:
+    """Write a file that leaves about `leave` bytes free on the disk of `folder`; returns its path."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, shutil.disk_usage(folder).free - leave))
+    return filler

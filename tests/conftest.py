@@ -33,3 +33,30 @@ def run_cli(cli_env):
                               capture_output=True, text=True, check=check, timeout=timeout, **kw)
 
     return run
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size) -> a folder on a tmpfs of that size ('2m'), unmounted after the test; skips the test
+    where mounting is not allowed (it needs root on Linux)."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                  capture_output=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            done = None
+        if done is None or done.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root on Linux)")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+

@@ -6,6 +6,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from _ckpt_edits import EDITS, rehash
 
 from scratchllm.config import TrainConfig
 from scratchllm.model.gpt import GPT, GPTConfig
@@ -106,3 +107,127 @@ def test_state_json_is_plain_json(tmp_path):
     state = json.loads((path / ck.STATE_FILE).read_text())
     assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"} and state["val_loss"] == 1.5
     assert set(state["files"]) == {ck.MODEL_FILE, ck.OPTIM_FILE}
+
+
+# --- checkpoints edited after saving, with state.json's hashes made to match ---------------------
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_edited_checkpoint_is_refused_naming_the_file_and_an_older_one_used(tmp_path, edit, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the pickle's command would leave its trace
+    model, opt = _model_and_opt()
+    state = {"loader": {"batches": 3, "order": "random", "seed": 1, "batch_size": 2, "block_size": 8,
+                        "world_size": 1, "n_tokens": 100}}
+    good = ck.save_checkpoint(tmp_path / "ckpt", 10, model, opt, state)
+    bad = ck.save_checkpoint(tmp_path / "ckpt", 20, model, opt, state)
+    damage, message = EDITS[edit]
+    damage(bad)
+    rehash(bad)
+    with pytest.raises(ValueError) as caught:
+        ck.verify(bad, training=True)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert "weights_only=False" not in str(caught.value)
+    warnings = []
+    assert ck.latest_checkpoint(tmp_path / "ckpt", warn=warnings.append, training=True)[0] == good
+    assert len(warnings) == 1 and str(bad) in warnings[0] and message in warnings[0]
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_checkpoint_without_loader_or_optimizer_still_serves_its_model(tmp_path):
+    model, _ = _model_and_opt()
+    path = ck.save_checkpoint(tmp_path, 4, model)  # as an edited model is saved: weights only
+    assert ck.verify(path)["step"] == 4
+    with pytest.raises(ValueError, match="holds no optimizer.pt"):
+        ck.verify(path, training=True)
+    found, why = ck.resume_point(tmp_path, warn=lambda m: None)
+    assert found is None and str(path) in why and "\n" not in why
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+import torch
+from scratchllm.config import load_run_config
+from scratchllm.model.gpt import GPT
+from scratchllm.train import checkpoint as ck
+run = Path(sys.argv[1])
+model = GPT(load_run_config(run / "config.toml").model)
+for step in range(1, int(sys.argv[2]) + 1):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(step)
+    ck.save_checkpoint(run / "ckpt", step, model)
+    ck.prune(run / "ckpt", keep_last=1)
+"""
+
+
+@pytest.mark.slow
+def test_a_reader_beside_a_training_run_sees_only_whole_checkpoints(tmp_path, cli_env):
+    import subprocess
+    import sys
+
+    from scratchllm.config import Config
+
+    cfg = Config(GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64))
+    cfg.save(tmp_path / "config.toml")
+    ck.save_checkpoint(tmp_path / "ckpt", 0, GPT(cfg.model))
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), "150"], env=cli_env)
+    seen, warnings = set(), []
+    try:
+        while writer.poll() is None:
+            # Saves and prunes go on all the while; each load must be one whole checkpoint of one step.
+            _, model, path = ck.load_run(tmp_path, warn=warnings.append)
+            step = int(path.name.removeprefix("step_"))
+            if step:  # step 0 holds the random initial weights
+                assert all(torch.all(p == step) for p in model.parameters()), path
+            seen.add(step)
+    finally:
+        writer.wait(timeout=120)
+    assert writer.returncode == 0 and not warnings
+    assert len(seen) >= 5  # the reads really did overlap the writes
+
+
+# --- the disk guard ----------------------------------------------------------------------------------
+
+
+def test_disk_guard_refuses_a_checkpoint_that_would_not_fit_and_keeps_the_last(tmp_path):
+    from scratchllm.util import UserError
+
+    model, opt = _model_and_opt()
+    good = ck.save_checkpoint(tmp_path, 10, model, opt)
+    need = ck.checkpoint_bytes(model, opt)
+    assert need >= sum(f.stat().st_size for f in good.iterdir())  # the estimate errs on the large side
+    with pytest.raises(UserError) as caught:
+        ck.save_checkpoint(tmp_path, 20, model, opt, min_free=10**6, free_space=lambda p: need + 10**6 - 1)
+    message = str(caught.value)
+    assert message.startswith("disk guard:") and "step_20" in message and "--resume" in message
+    assert "step_10, is kept" in message and "\n" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_10"]
+    ck.verify(good)
+    # Just enough room: it saves.
+    ck.save_checkpoint(tmp_path, 20, model, opt, min_free=10**6, free_space=lambda p: need + 10**6)
+
+
+def test_a_full_disk_stops_a_save_in_one_line_and_the_last_checkpoint_stays(small_disk, monkeypatch):
+    from _train_helpers import fill_disk
+
+    from scratchllm.util import UserError
+
+    disk = small_disk("2m")
+    model, opt = _model_and_opt()
+    good = ck.save_checkpoint(disk / "ckpt", 10, model, opt)
+    size = sum(f.stat().st_size for f in good.iterdir())
+    filler = fill_disk(disk, leave=size // 2)
+    with pytest.raises(UserError, match="^disk guard: .*step_10, is kept"):  # the guard, on the real disk
+        ck.save_checkpoint(disk / "ckpt", 20, model, opt)
+    # An estimate that is wrong (or a disk another program fills meanwhile): the write itself fails.
+    monkeypatch.setattr(ck, "checkpoint_bytes", lambda model, optimizer: 1)
+    with pytest.raises(UserError) as caught:
+        ck.save_checkpoint(disk / "ckpt", 20, model, opt, min_free=0)
+    message = str(caught.value)
+    assert message.startswith(f"writing checkpoint {disk / 'ckpt' / 'step_20'} failed")
+    assert "step_10, is kept" in message and "\n" not in message
+    assert sorted(p.name for p in (disk / "ckpt").iterdir()) == ["step_10"]  # nothing half-written left
+    assert ck.verify(good)["step"] == 10
+    filler.unlink()
+    ck.verify(ck.save_checkpoint(disk / "ckpt", 20, model, opt, min_free=0))  # room again: it saves

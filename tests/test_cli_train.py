@@ -2,21 +2,20 @@
 the exported model is a transformers model that generates the same greedy text."""
 
 import json
+import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
-from _train_helpers import byte_token_dir, sets
+from _ckpt_edits import EDITS, rehash
+from _cli_helpers import one_line_error
+from _train_helpers import byte_token_dir, fill_disk, losses, sets
 
 from scratchllm.data.tokens import read_tokens, write_tokens
 
-
-def _one_line_error(r, *words):
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("scratchllm: error:"), r.stderr
-    assert "Traceback" not in r.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
+_one_line_error = one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +197,15 @@ def test_generate_bad_arguments(run_cli, run, flag, value, words):
     _one_line_error(run_cli("generate", "--run", run, "--prompt", "To be", flag, value), words)
 
 
+@pytest.mark.parametrize("flag, value", [("--temperature", "1e-300"), ("--top-p", "1e-300")])
+def test_generate_with_a_tiny_temperature_or_top_p_is_greedy(run_cli, run, flag, value):
+    args = ("generate", "--run", run, "--prompt", "To be", "--max-new-tokens", 12)
+    greedy = run_cli(*args, "--temperature", "0")
+    r = run_cli(*args, flag, value)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == greedy.stdout
+
+
 def test_generate_to_a_narrow_encoding_replaces_what_it_cannot_show(run_cli, run, cli_env):
     env = {**cli_env, "PYTHONIOENCODING": "cp1252"}
     r = run_cli("generate", "--run", run, "--prompt", "snow \u2603", "--max-new-tokens", 30,
@@ -256,3 +264,143 @@ def test_token_ids_beyond_meta_vocabulary_are_refused_on_opening(run_cli, run, b
     _one_line_error(r, f"{split}.bin", "token id 256", "vocabulary of 256")
     assert not (tmp_path / "r").exists()
     _one_line_error(run_cli("eval", "--run", run, "--data", data), f"{split}.bin", "token id 256")
+
+
+# --- one writer per run folder -------------------------------------------------------------------
+
+
+def _train(data, out, *extra):
+    return [sys.executable, "-m", "scratchllm", "train", "--data", str(data), "--out", str(out), "--quiet",
+            *map(str, extra)]
+
+
+@pytest.mark.slow
+def test_two_trainings_into_one_folder_cannot_both_run(byte_data, tmp_path, cli_env):
+    from scratchllm.config import load_run_config
+
+    run = tmp_path / "run"
+    procs = []
+    for seed in (1, 2):  # the second 0.3 s after the first, as a user would do by mistake
+        procs.append(subprocess.Popen(_train(byte_data, run, *sets(train__max_steps=30, train__seed=seed)),
+                                      env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        time.sleep(0.3)
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], errors
+    won, lost = codes.index(0), codes.index(2)
+    lines = errors[lost].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"scratchllm: error: another training is writing {run} "
+                                                   f"(pid {procs[won].pid} on "), errors[lost]
+    assert [step for step, _ in losses(run)] == list(range(1, 31))  # each step once: one run's log
+    assert load_run_config(run / "config.toml").train.seed == won + 1
+    # The lock ended with its holder: the run can be continued.
+    done = subprocess.run(_train(byte_data, run, "--resume", *sets(train__max_steps=32, train__seed=won + 1)),
+                          env=cli_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [step for step, _ in losses(run)] == list(range(1, 33))
+
+
+# --- checkpoints edited after saving -------------------------------------------------------------
+
+
+def _edited_copy(run, dest, edit: str):
+    """A copy of `run` whose one checkpoint got edit `edit` of EDITS; (copy, checkpoint, expected words)."""
+    from scratchllm.train import checkpoint as ck
+
+    shutil.copytree(run, dest)
+    (newest,) = ck.list_checkpoints(dest / "ckpt")
+    damage, message = EDITS[edit]
+    damage(newest)
+    rehash(newest)
+    return dest, newest, message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit", EDITS)
+def test_resume_from_an_edited_checkpoint_is_refused_in_one_line(run_cli, run, tmp_path, edit):
+    from scratchllm.train import checkpoint as ck
+
+    copy, newest, message = _edited_copy(run, tmp_path / "run", edit)
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file() and p.name != ".lock"}
+    r = run_cli("train", "--data", run.parent / "data", "--out", copy, "--resume")
+    _one_line_error(r, "passes its checks", str(newest), message)
+    # The log and the config as they were (the lock file names the last process to hold it).
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file() and p.name != ".lock"} == before
+    assert ck.list_checkpoints(copy / "ckpt") == [newest]  # nothing renamed or deleted
+
+
+@pytest.mark.parametrize("edit", ["random model.safetensors", "step abc"])
+def test_eval_of_an_edited_checkpoint_is_refused_in_one_line(run_cli, run, tmp_path, edit):
+    copy, newest, message = _edited_copy(run, tmp_path / "run", edit)
+    _one_line_error(run_cli("eval", "--run", copy), "no usable checkpoint", str(newest), message)
+
+
+# --- the disk guard ------------------------------------------------------------------------------
+
+# The command line with the checkpoint size estimated as one byte, so the guard lets a save start
+# that the disk cannot hold: how a wrong estimate, or another program filling the disk, looks.
+_TINY_ESTIMATE = ("import sys; from scratchllm.train import checkpoint; "
+                  "checkpoint.checkpoint_bytes = lambda model, optimizer: 1; "
+                  "from scratchllm.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_training_in_one_line_and_resume_goes_on_once_there_is_room(
+        run_cli, byte_data, small_disk, cli_env):
+    from scratchllm.train import checkpoint as ck
+
+    run = small_disk("8m") / "run"
+    args = ["--data", byte_data, "--out", run, "--quiet"]
+    first = sets(train__max_steps=4, train__ckpt_every=2, train__eval_every=4, train__keep_last=1)
+    assert run_cli("train", *args, *first).returncode == 0
+    kept = run / "ckpt" / "step_4"
+    filler = fill_disk(run.parent, leave=sum(f.stat().st_size for f in kept.iterdir()) // 2)
+    more = sets(train__max_steps=6, train__ckpt_every=2, train__eval_every=4, train__keep_last=1)
+
+    r = run_cli("train", *args, "--resume", *more)
+    _one_line_error(r, "disk guard:", "checkpoint step_6 needs about", "step_4, is kept", "--resume")
+    r = subprocess.run([sys.executable, "-c", _TINY_ESTIMATE, "train", *map(str, args), "--resume", *more],
+                       env=cli_env, capture_output=True, text=True, timeout=300)
+    _one_line_error(r, f"writing checkpoint {run / 'ckpt' / 'step_6'} failed: the disk is full",
+                    "step_4, is kept")
+    assert ck.list_checkpoints(run / "ckpt") == [kept] and ck.verify(kept, training=True)["step"] == 4
+    assert not [p for p in (run / "ckpt").iterdir() if p.name.startswith(".tmp")]
+
+    filler.unlink()
+    r = run_cli("train", *args, "--resume", *more)
+    assert r.returncode == 0, r.stderr
+    assert [step for step, _ in losses(run)] == list(range(1, 7))
+    assert ck.verify(run / "ckpt" / "step_6", training=True)["step"] == 6
+
+
+# --- settings that cannot work -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("item", ["train.lr=inf", "train.lr=1e400", "train.weight_decay=nan",
+                                  "train.weight_decay=inf", "train.grad_clip=nan"])
+def test_non_finite_settings_are_refused_in_one_line(run_cli, byte_data, tmp_path, item):
+    r = run_cli("train", "--data", byte_data, "--out", tmp_path / "r", "--set", item)
+    _one_line_error(r, f"{item.split('=')[0]} must be a finite number")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_model_too_large_for_the_machine_is_refused_at_once(run_cli, byte_data, tmp_path):
+    r = run_cli("train", "--data", byte_data, "--out", tmp_path / "r", *sets(model__n_layer=10**9),
+                timeout=120)
+    _one_line_error(r, "cannot be trained here", "model.n_layer=1000000000")
+    assert not (tmp_path / "r").exists()
+
+
+def test_more_eval_batches_than_val_holds_reads_val_once(run_cli, byte_data, tmp_path):
+    from scratchllm.config import load_run_config
+
+    runs = {}
+    for n in (8, 10**9):  # val.bin holds 8 batches of 8 sequences of 64 tokens
+        runs[n] = tmp_path / f"r{n}"
+        r = run_cli("train", "--data", byte_data, "--out", runs[n], "--quiet",
+                    *sets(train__eval_batches=n, train__max_steps=2), timeout=120)
+        assert r.returncode == 0, r.stderr
+    assert load_run_config(runs[10**9] / "config.toml").train.eval_batches == 10**9
+    rows = [map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) for run in runs.values()]
+    val = [[row["val_loss"] for row in log if "val_loss" in row] for log in rows]
+    assert len(val[0]) == 2 and val[0] == val[1]  # the same losses: every window of val.bin, once

@@ -1,6 +1,7 @@
 """The run config: presets, TOML round trip, `--set` overrides with type checks, the shipped configs."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,26 @@ def test_gpt2_fineweb_config_is_half_a_million_tokens_a_step_for_10b_tokens():
     assert tokens_per_step == 2**19
     assert abs(cfg.train.max_steps * tokens_per_step - 10e9) < tokens_per_step
     assert cfg.model.padded_vocab_size == 50304 and cfg.train.compile
+
+
+def _float_keys():
+    """Every float setting, as section.key."""
+    from dataclasses import fields
+
+    cfg = Config()
+    return [f"{section}.{f.name}" for section, obj in (("model", cfg.model), ("train", cfg.train))
+            for f in fields(obj) if isinstance(getattr(obj, f.name), float)]
+
+
+@pytest.mark.parametrize("key", _float_keys())
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "1e400"])
+def test_every_float_setting_refuses_non_finite_numbers(key, text):
+    with pytest.raises(UserError, match=rf"^{re.escape(key)} must be a finite number, got (-?inf|nan)"):
+        build_config(sets=[f"{key}={text}"])
+
+
+def test_non_finite_numbers_in_a_toml_file_are_refused(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[train]\ngrad_clip = nan\n")
+    with pytest.raises(UserError, match="train.grad_clip must be a finite number, got nan"):
+        build_config(config_file=path)

@@ -135,6 +135,13 @@ def test_load_tokenizer_specs(tmp_path):
         load_tokenizer(tmp_path / "bad")
 
 
+def _edited_tokenizer(folder, change: dict) -> None:
+    """A small learned tokenizer saved in `folder`, its tokenizer.json then changed by `change`."""
+    train_bpe(["abcabcabd " * 50], 270).save(folder)
+    obj = json.loads((folder / "tokenizer.json").read_text())
+    (folder / "tokenizer.json").write_text(json.dumps({**obj, **change}))
+
+
 @pytest.mark.parametrize("change, reason", [
     ({"special_tokens": []}, "special_tokens must be an object"),
     ({"special_tokens": None}, "special_tokens must be an object"),
@@ -144,11 +151,14 @@ def test_load_tokenizer_specs(tmp_path):
     ({"byte_ids": [0] * 256}, "byte_ids must hold"),
     ({"special_tokens": {"<|endoftext|>": 3}}, "special token ids must be distinct and at least 262"),
     ({"merges": [[1, 999]]}, "999"),
+    # Patterns tiktoken would panic on (in Rust, in every worker) or that lose text, ids it cannot hold.
+    ({"pattern": ""}, "pattern matches the empty string"),
+    ({"pattern": "a*|\\s"}, "pattern matches the empty string"),
+    ({"pattern": "\\p{L}+"}, "pattern leaves text out of its pieces"),
+    ({"special_tokens": {"<|endoftext|>": 10**12}}, "below 2**32"),
 ])
 def test_damaged_tokenizer_files_are_one_line_errors(tmp_path, change, reason):
-    train_bpe(["abcabcabd " * 50], 270).save(tmp_path)
-    obj = json.loads((tmp_path / "tokenizer.json").read_text())
-    (tmp_path / "tokenizer.json").write_text(json.dumps({**obj, **change}))
+    _edited_tokenizer(tmp_path, change)
     with pytest.raises(UserError, match="not a valid tokenizer file") as e:
         load_tokenizer(tmp_path)
     assert reason in str(e.value) and "\n" not in str(e.value)
@@ -183,3 +193,15 @@ def test_trained_tokenizer_converts_to_huggingface():
     for t in (PARAGRAPH, text, "  \n\n\t x", "<|endoftext|>"):
         assert hf.encode(t, add_special_tokens=False).ids == tok.encode(t)
         assert hf.decode(tok.encode(t)) == t
+
+
+@pytest.mark.parametrize("change", [{"pattern": ""}, {"special_tokens": {"<|endoftext|>": 10**12}}])
+def test_tokenize_with_a_pattern_tiktoken_cannot_use_is_one_line_not_a_panic(tmp_path, run_cli, change):
+    from _cli_helpers import one_line_error
+
+    _edited_tokenizer(tmp_path / "tok", change)
+    (tmp_path / "doc.txt").write_text("hello world, this is text")
+    r = run_cli("tokenize", "--source", f"text:{tmp_path / 'doc.txt'}", "--tokenizer", tmp_path / "tok",
+                "--out", tmp_path / "out", "--quiet")
+    one_line_error(r, "not a valid tokenizer file", str(tmp_path / "tok" / "tokenizer.json"))
+    assert "panicked" not in r.stderr and not (tmp_path / "out").exists()

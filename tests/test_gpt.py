@@ -199,6 +199,14 @@ def test_padded_vocabulary_is_never_sampled():
     assert out.max().item() < V
 
 
+@pytest.mark.parametrize("settings", [{"temperature": 1e-300}, {"temperature": 1e-45}, {"top_p": 1e-300},
+                                      {"temperature": 1e-300, "top_p": 1e-300, "top_k": 5}])
+def test_a_tiny_temperature_or_top_p_picks_the_likeliest_token(settings):
+    logits = torch.randn(8, V, generator=torch.Generator().manual_seed(0)) * 10
+    got = sample(logits, **{"temperature": 1.0, **settings}, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got, logits.argmax(dim=-1))
+
+
 def test_generate_restores_training_mode():
     model = GPT(small(dropout=0.5)).train()
     model.generate(torch.zeros(1, 1, dtype=torch.long), 3)

@@ -165,6 +165,17 @@ def test_unreadable_local_files_give_one_error_line(tmp_path, run_cli, kind, con
     assert not (tmp_path / "raw").exists()
 
 
+@pytest.mark.parametrize("content", ["", "\n\n"])
+def test_a_jsonl_file_without_rows_is_a_source_of_no_documents(tmp_path, run_cli, content):
+    (tmp_path / "empty.jsonl").write_text(content)
+    assert list(open_source(f"jsonl:{tmp_path}/empty.jsonl")) == []
+    out = run_cli("tokenize", "--source", f"jsonl:{tmp_path}/empty.jsonl", "--tokenizer", "gpt2",
+                  "--out", tmp_path / "tok", "--quiet")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("scratchllm: error: the source has 0 document(s)"), out.stderr
+    assert not list((tmp_path / "tok").glob("*"))  # nothing written
+
+
 def test_hub_fails_fast_offline():
     t0 = time.perf_counter()
     with pytest.raises(UserError) as e:

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 
 import pytest
 
@@ -160,3 +161,36 @@ def test_url_fetch_caches_only_a_checked_download(tmp_path):
             url_fetch(url, tmp_path / "empty", "data.jsonl", GOOD_SHA)
     finally:
         server.shutdown()
+
+
+_HOLD = """
+import sys, time
+from scratchllm.util import folder_lock
+with folder_lock(sys.argv[1], "training"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_folder_lock_names_its_holder_and_dies_with_it(tmp_path, cli_env):
+    import socket
+    import subprocess
+    import sys
+
+    from scratchllm.util import folder_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "run")], env=cli_env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError) as caught, folder_lock(tmp_path / "run", "download"):
+            pass
+        # The holder's own kind (not the one asking), its process and machine.
+        assert str(caught.value).startswith(f"another training is writing {tmp_path / 'run'} "
+                                            f"(pid {holder.pid} on {socket.gethostname()}, since ")
+        assert str(caught.value).endswith("); wait for it to finish")
+    finally:
+        holder.kill()  # SIGKILL: the lock goes with the process, its file stays
+        holder.wait()
+    with folder_lock(tmp_path / "run", "training"):
+        assert f'"pid": {os.getpid()}' in (tmp_path / "run" / ".lock").read_text()

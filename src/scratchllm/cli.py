@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from scratchllm.config import DEFAULT_PRESET, PRESETS
 from scratchllm.util import UserError, one_line
@@ -216,15 +217,24 @@ def cmd_demo(args) -> int:
 # --- the parser --------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage mistake as one line, `scratchllm: error: ...`, and exit status 2, as every
+    other mistake (argparse would print the whole usage first); `--help` is argparse's own."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the one line and exit with status 2."""
+        self.exit(2, f"scratchllm: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line interface (flags as in DESIGN.md)."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars, only results and errors")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback on errors")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scratchllm",
         description="Build a GPT-style language model from scratch: data, tokenizer, model, training.",
         parents=[common],

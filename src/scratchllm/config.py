@@ -13,6 +13,7 @@ its help at once.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -57,6 +58,7 @@ class GPTConfig:
     unet_skips: bool = False  # layer i's output also feeds layer n_layer-1-i, through a learned weight
 
     def __post_init__(self):
+        _check_finite(self, "model")
         for name, allowed in MODEL_CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"model.{name} must be one of {', '.join(allowed)}, "
@@ -141,6 +143,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise UserError for values that cannot work."""
+        _check_finite(self, "train")
         for name, allowed in (("dtype", DTYPES), ("order", ORDERS), ("optimizer", OPTIMIZERS),
                               ("schedule", SCHEDULES)):
             if (value := getattr(self, name)) not in allowed:
@@ -159,6 +162,15 @@ class TrainConfig:
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr and self.muon_lr > 0):
             raise UserError(f"need 0 <= train.min_lr <= train.lr and lr, muon_lr > 0 "
                             f"(lr={self.lr}, min_lr={self.min_lr}, muon_lr={self.muon_lr})")
+
+
+def _check_finite(obj, section: str) -> None:
+    """UserError for a float setting that is infinite or NaN (TOML and --set can write both)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            beyond = " (a number beyond 1.8e308 reads as inf)" if math.isinf(value) else ""
+            raise UserError(f"{section}.{f.name} must be a finite number, got {value}{beyond}")
 
 
 # (fields, smallest allowed value, what the error says) for TrainConfig.validate

@@ -13,13 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from scratchllm.data.sources import Document, Source
-from scratchllm.util import UserError, atomic_path, atomic_write_json, format_size, one_line, sha256_file
+from scratchllm.util import (
+    UserError,
+    atomic_path,
+    atomic_write_json,
+    disk_free,
+    disk_total,
+    folder_lock,
+    format_size,
+    one_line,
+    sha256_file,
+)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -32,19 +41,7 @@ def shard_name(i: int) -> str:
 
 def default_min_free(path: Path) -> int:
     """Space to leave free when none is asked for: 1 GB or 5% of the disk, the larger."""
-    return max(10**9, int(0.05 * shutil.disk_usage(_existing(path)).total))
-
-
-def disk_free(path: Path) -> int:
-    """Free bytes on the file system that holds `path` (or its nearest existing parent)."""
-    return shutil.disk_usage(_existing(path)).free
-
-
-def _existing(path: Path) -> Path:
-    path = Path(path).resolve()
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
+    return max(10**9, int(0.05 * disk_total(path)))
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -145,26 +142,9 @@ def _write_shard(path: Path, docs: list[Document], keep_columns: list[str], sche
     return digest, size
 
 
-@contextlib.contextmanager
-def download_lock(folder: Path) -> Iterator[None]:
-    """Hold folder/.lock while a download writes there; UserError at once if another download holds it.
-
-    It is the operating system's file lock (through filelock), which ends with the process holding it
-    however that ends, kill -9 included: a dead download never blocks the next one. The empty file
-    stays after release (except on Windows): removing a locked path would let a process that opened
-    it before the removal and one that creates it anew each hold "the" lock.
-    """
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(folder / ".lock", timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise UserError(f"another download is writing {folder}; wait for it to finish") from None
-    try:
-        yield
-    finally:
-        lock.release()
+def download_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold folder/.lock while a download writes there; UserError at once if another process holds it."""
+    return folder_lock(folder, "download")
 
 
 def download(source: Source, target_bytes: int, out: str | Path, shard_size: int = 100 * 10**6,

@@ -189,6 +189,8 @@ class DatasetsSource(Source):
 
     def _documents(self, start: int, state: dict | None) -> Generator[Document, None, None]:
         ds = self._open(state)
+        if ds is None:
+            return
         self._features = ds.features
         # Batches of rows are several times faster than rows one by one. The resume point of a
         # document is the stream's state before its batch plus its offset inside the batch.
@@ -227,13 +229,18 @@ class DatasetsSource(Source):
             gc.collect()
 
     def _open(self, state: dict | None):
-        """The stream, moved to `state` if one is given; its failures as UserError."""
+        """The stream, moved to `state` if one is given (None for files without a single row); its
+        failures as UserError."""
         try:
             with self.reading():
                 ds = self.load()
                 if state is not None:
                     ds.load_state_dict(state["batch_state"])
                 return ds
+        except StopIteration:
+            # The JSON reader takes its columns from the first row and has none to take: the files
+            # hold no documents, as a file of blank lines holds none.
+            return None
         except UserError:
             raise
         except Exception as e:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -13,6 +12,7 @@ def heldout_loss(run: str | Path, data: str | Path | None, device, dist, warn=pr
     """val_loss, val_ppl and val_bpb (None when the token folder has no byte counts) of the run's newest
     checkpoint on `data` (default: the token folder it was trained on), and what was measured."""
     from scratchllm.train.checkpoint import load_run, run_tokenizer
+    from scratchllm.train.loader import val_batch_count
     from scratchllm.train.metrics import split_bits_per_byte
     from scratchllm.train.trainer import evaluate, open_data
 
@@ -23,7 +23,7 @@ def heldout_loss(run: str | Path, data: str | Path | None, device, dist, warn=pr
     given, data = data is not None, data or cfg.train.data
     if not data:
         raise UserError(f"{run}: no token folder recorded; pass --data DIR")
-    meta, _, val, _ = open_data(data, dataclasses.replace(cfg, explicit=frozenset({"model.vocab_size"})))
+    meta, _, val, _ = open_data(data, cfg)  # the run's vocabulary: its tokens must fit it
     if given and meta.get("tokenizer_sha256"):
         try:
             tok = run_tokenizer(run, cfg)
@@ -35,5 +35,7 @@ def heldout_loss(run: str | Path, data: str | Path | None, device, dist, warn=pr
     loss = evaluate(model, val, cfg.train, cfg.model.block_size, device, dist)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
             "val_bpb": split_bits_per_byte(loss, meta.get("val", {})), "checkpoint": path.name,
-            "data": str(data), "batches": cfg.train.eval_batches, "batch_size": cfg.train.batch_size,
+            "data": str(data), "batch_size": cfg.train.batch_size,
+            "batches": min(cfg.train.eval_batches, val_batch_count(len(val), cfg.train.batch_size,
+                                                                   cfg.model.block_size)),
             "block_size": cfg.model.block_size}

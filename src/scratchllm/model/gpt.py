@@ -322,11 +322,13 @@ class GPT(nn.Module):
 
 def sample(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
     """One token id per row of logits (B, V): greedy at temperature 0, else top-k / nucleus sampling."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    if top_k is not None and top_k < 1 or top_p is not None and not 0 < top_p <= 1 or not temperature > 0:
+    if top_k is not None and top_k < 1 or top_p is not None and not 0 < top_p <= 1 or not temperature >= 0:
         raise ValueError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1 (got {temperature}, {top_k}, "
                          f"{top_p})")
+    # A temperature below the smallest normal number of the logits' dtype would divide 0 by 0 (it
+    # rounds to zero); it is greedy in all but name, so it is greedy.
+    if temperature < torch.finfo(logits.dtype).tiny:
+        return logits.argmax(dim=-1)
     # Shifted so the largest is 0 first: a tiny temperature then sends the others to -inf, not to inf - inf.
     logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.size(-1):
@@ -335,8 +337,10 @@ def sample(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None, genera
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
-        # Drop a token when the tokens before it already reach top_p; the likeliest always stays.
+        # Drop a token when the tokens before it already reach top_p; the likeliest always stays (a
+        # top_p that rounds to 0 in the logits' dtype would otherwise drop it too).
         drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop[:, 0] = False
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)

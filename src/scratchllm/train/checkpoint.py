@@ -4,24 +4,33 @@
 `torch.load(weights_only=True)`) and `state.json` (step, RNG states, loader cursor, grad scaler,
 sizes and SHA-256 of the other two files). A checkpoint is built in a hidden temporary folder and
 renamed into place, and `state.json` is written last, so a crash leaves either a whole checkpoint or
-none. A checkpoint whose files do not match `state.json` is skipped with a warning; on `--resume`
-the trainer renames newer broken ones `broken_step_N` and refuses when none is usable.
+none; a disk guard refuses to start one that would not fit. A checkpoint is used only once `verify`
+passes: state.json of the right shape, every file of the right size and hash, and loadable. One that
+fails is skipped with a warning; on `--resume` the trainer renames newer broken ones `broken_step_N`
+and refuses when none is usable.
+
+Readers (`eval`, `generate`, `export`) take no lock, since a run holds its folder's lock for as long
+as it trains: they rely on renames instead. A checkpoint folder appears by one rename when it is
+whole, and leaves by one rename before it is deleted, so a reader sees each checkpoint whole or not
+at all. A folder that vanishes while being read was pruned by the training run, which means a newer
+checkpoint exists: the reader looks again.
 """
 
 from __future__ import annotations
 
-import base64
+import errno
 import json
+import math
 import os
-import random
+import re
 import shutil
-import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from scratchllm.util import UserError, fsync_dir, sha256_file
+from scratchllm.train.loader import STATE_KEYS as LOADER_KEYS
+from scratchllm.train.rng import check_rng_state, rng_state, set_rng_state  # noqa: F401 (ckpt.set_rng_state)
+from scratchllm.util import UserError, disk_free, disk_total, format_size, fsync_dir, one_line, sha256_file
 
 MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "state.json"
 
@@ -31,76 +40,129 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.cpu().numpy().tobytes()).decode()
+# --- saving --------------------------------------------------------------------------------------
 
 
-def _unb64(s: str) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
+def checkpoint_min_free(path: str | Path) -> int:
+    """Space a checkpoint must leave free on its disk: 1 GB or 5% of the disk, the smaller.
+
+    A download fills a disk by design, so it keeps the larger of the two free; a checkpoint is one
+    write of known size, and only has to keep the disk from filling up.
+    """
+    return min(10**9, int(0.05 * disk_total(path)))
 
 
-def rng_state() -> dict:
-    """Every random number generator the training touches, as JSON-able values."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-        "numpy": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(gauss)],
-        "torch": _b64(torch.get_rng_state()),
-        "cuda": [_b64(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
-    }
-    return state
+def _tensor_bytes(obj) -> dict[int, int]:
+    """{storage address: bytes} of every tensor in nested dicts and lists (a shared storage once)."""
+    if isinstance(obj, torch.Tensor):
+        return {obj.untyped_storage().data_ptr(): obj.untyped_storage().nbytes()}
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    return {k: v for item in items for k, v in _tensor_bytes(item).items()}
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore what `rng_state()` captured."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(_unb64(state["torch"]))
-    if state["cuda"] and torch.cuda.is_available():
-        states = [_unb64(s) for s in state["cuda"]]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-        else:
-            warnings.warn(f"checkpoint saved {len(states)} CUDA RNG states, this machine has "
-                          f"{torch.cuda.device_count()} GPUs: CUDA RNG not restored", stacklevel=2)
+def checkpoint_bytes(model: torch.nn.Module, optimizer=None) -> int:
+    """About the bytes a checkpoint of `model` and `optimizer` takes, a little more rather than less."""
+    tensors = _tensor_bytes(model.state_dict())
+    if optimizer is not None:
+        tensors.update(_tensor_bytes(optimizer.state_dict()))
+    # Headers and state.json (its RNG states alone are about 22 KB): under 1% and 64 KiB, as measured.
+    return int(sum(tensors.values()) * 1.01) + (1 << 16)
+
+
+def _disk_guard(ckpt_dir: Path, step: int, need: int, free: int, margin: int) -> None:
+    """UserError when a checkpoint of `need` bytes would leave less than `margin` free."""
+    if free - need >= margin:
+        return
+    raise UserError(f"disk guard: {format_size(free)} free on the disk of {ckpt_dir}; checkpoint "
+                    f"step_{step} needs about {format_size(need)} and {format_size(margin)} must stay "
+                    f"free. {_kept(ckpt_dir)}; free at least {format_size(need + margin - free)} and "
+                    "continue with --resume")
+
+
+def _kept(ckpt_dir: Path) -> str:
+    """What a failed save leaves to resume from, in words."""
+    kept = list_checkpoints(ckpt_dir)
+    return f"The newest checkpoint, {kept[-1].name}, is kept" if kept else "No checkpoint is saved yet"
+
+
+def _write(tmp: Path, step: int, model: torch.nn.Module, optimizer, state: dict | None) -> None:
+    """The files of a checkpoint, state.json last, each fsynced."""
+    from safetensors.torch import save_model
+
+    save_model(model, str(tmp / MODEL_FILE))  # handles tied (shared) weights
+    files = [MODEL_FILE]
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
+        files.append(OPTIM_FILE)
+    meta = {"step": step, **(state or {}), "rng": rng_state(),
+            "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in files}}
+    (tmp / STATE_FILE).write_text(json.dumps(meta), encoding="utf-8")
+    for f in [*files, STATE_FILE]:
+        _fsync(tmp / f)
 
 
 def save_checkpoint(ckpt_dir: str | Path, step: int, model: torch.nn.Module, optimizer=None,
-                    state: dict | None = None) -> Path:
-    """Write `ckpt_dir/step_N` atomically; `state` is extra JSON (loader, scaler, metrics)."""
-    from safetensors.torch import save_model
+                    state: dict | None = None, min_free: int | None = None, free_space=None) -> Path:
+    """Write `ckpt_dir/step_N` atomically; `state` is extra JSON (loader, scaler, metrics).
 
+    UserError, with nothing written, when the checkpoint would leave less than `min_free` bytes on its
+    disk (default `checkpoint_min_free`) as `free_space(folder)` counts them, or when writing fails
+    for want of space or permission; the checkpoints already there stay as they were.
+    """
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    free_space = free_space or disk_free
+    need = checkpoint_bytes(model, optimizer)
+    _disk_guard(ckpt_dir, step, need, free_space(ckpt_dir),
+                checkpoint_min_free(ckpt_dir) if min_free is None else min_free)
     final = ckpt_dir / f"step_{step}"
-    # Only one process saves into a run, so any temporary folder here was left by a killed save
-    # (its name holds that process's id, never ours again): remove them, or they pile up.
+    # Only one process saves into a run, so any temporary folder here was left by a killed save or
+    # prune (its name holds that process's id, never ours again): remove them, or they pile up.
     for stale in ckpt_dir.glob(".tmp_step_*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = ckpt_dir / f".tmp_step_{step}_{os.getpid()}"
     tmp.mkdir()
     try:
-        save_model(model, str(tmp / MODEL_FILE))  # handles tied (shared) weights
-        files = [MODEL_FILE]
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
-            files.append(OPTIM_FILE)
-        meta = {"step": step, **(state or {}), "rng": rng_state(),
-                "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)}
-                          for f in files}}
-        (tmp / STATE_FILE).write_text(json.dumps(meta), encoding="utf-8")
-        for f in [*files, STATE_FILE]:
-            _fsync(tmp / f)
+        try:
+            _write(tmp, step, model, optimizer, state)
+        except Exception as e:
+            why = _write_failure(e, free_space(ckpt_dir), need)
+            raise UserError(f"writing checkpoint {final} failed: {why}. {_kept(ckpt_dir)}; make room "
+                            "and continue with --resume") from e
         if final.exists():  # the same step saved again (e.g. at the end after a periodic save)
-            shutil.rmtree(final)
+            _remove(final)
         os.replace(tmp, final)
         fsync_dir(ckpt_dir)  # the rename itself must reach the disk before the save counts as done
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _write_failure(e: Exception, free: int, need: int) -> str:
+    """Why writing a checkpoint failed, in words; `e` itself again when it is no problem of the disk's.
+
+    torch and safetensors report a full disk in types and words of their own, so a failure with the
+    disk (all but) full counts as one; an OSError (a full disk, a read-only folder) always does.
+    """
+    if free < max(need, 1 << 20) or isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full ({format_size(free)} free)"
+    if isinstance(e, OSError):
+        return one_line(e)
+    raise e
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder: first renamed out of sight, so no reader finds it half deleted."""
+    gone = path.with_name(f".tmp_{path.name}_{os.getpid()}_removed")
+    try:
+        path.rename(gone)
+    except OSError:  # Windows refuses while a reader has a file of it open: delete what can be
+        gone = path
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+# --- finding and checking ------------------------------------------------------------------------
 
 
 def _step_of(path: Path) -> int | None:
@@ -125,33 +187,175 @@ def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
     return [p for _, p in _numbered(ckpt_dir)]
 
 
-def verify(path: Path) -> dict:
-    """state.json of a checkpoint whose files all match it; raises ValueError naming what is wrong."""
+def _settled_list(ckpt_dir: Path) -> list[Path]:
+    """`list_checkpoints`, read again while the folder changes under it.
+
+    A folder listed while a name in it is renamed may show neither the old name nor the new one, so
+    a listing counts only when the folder's modification time is the same after it as before.
+    """
+    while True:
+        try:
+            before = ckpt_dir.stat().st_mtime_ns
+        except OSError:
+            return []
+        paths = list_checkpoints(ckpt_dir)
+        if ckpt_dir.stat().st_mtime_ns == before:
+            return paths
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_rng(state, field: str) -> None:
+    try:
+        check_rng_state(state)
+    except ValueError as e:
+        raise ValueError(f"{STATE_FILE}: {field} is {e}") from None
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_STEP_NAME = re.compile(r"step_\d+")
+_OPTIONAL = {  # field: (test, what it must be); checked where present
+    "scaler": (lambda v: isinstance(v, dict), "an object"),
+    "best_val": (lambda v: v is None or _is_number(v), "a number or null"),
+    "best_ckpt": (lambda v: v is None or isinstance(v, str) and _STEP_NAME.fullmatch(v), "a step_N name"),
+    "dtype": (lambda v: v is None or isinstance(v, str), "a string"),
+    "rng_ranks": (lambda v: isinstance(v, list) and len(v) > 0, "a list"),
+}
+
+
+def check_state(state, path: Path, training: bool = False) -> dict:
+    """`state` if it has the shape of the state.json of checkpoint folder `path`, else ValueError naming the
+    field; `training`: it must also hold what --resume needs (the optimizer file, the loader position)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{STATE_FILE} must hold a JSON object")
+    step, folder_step = state.get("step"), _step_of(path)
+    if not _is_count(step) or (folder_step is not None and step != folder_step):
+        raise ValueError(f'{STATE_FILE}: "step" must be the folder\'s step, {folder_step}, not {step!r}')
+    _check_files(state.get("files"))
+    _check_rng(state.get("rng"), '"rng"')
+    for key, (test, want) in _OPTIONAL.items():
+        if key in state and not test(state[key]):
+            raise ValueError(f'{STATE_FILE}: "{key}" must be {want}')
+    for i, rng in enumerate(state.get("rng_ranks", [])):
+        _check_rng(rng, f'"rng_ranks" entry {i}')
+    if training:
+        _check_resumable(state)
+    return state
+
+
+def _check_files(files) -> None:
+    """ValueError unless `files` maps the checkpoint's file names (the model's at least) to size and hash."""
+    if not isinstance(files, dict) or MODEL_FILE not in files:
+        raise ValueError(f'{STATE_FILE}: "files" must be an object that lists {MODEL_FILE}')
+    for name, info in files.items():
+        # Only names of our own files: a path in here would have the checks read files elsewhere.
+        whole = (isinstance(info, dict) and _is_count(info.get("bytes"))
+                 and _SHA256.fullmatch(str(info.get("sha256"))))
+        if name not in (MODEL_FILE, OPTIM_FILE) or not whole:
+            raise ValueError(f'{STATE_FILE}: "files" entry {name!r} must be one of the checkpoint\'s '
+                             "files with its bytes and sha256")
+
+
+def _check_resumable(state: dict) -> None:
+    """ValueError unless the checkpoint also holds what training continues from."""
+    if OPTIM_FILE not in state["files"]:
+        raise ValueError(f"holds no {OPTIM_FILE}: its model can be used, but training cannot go on from it")
+    loader = state.get("loader")
+    if not (isinstance(loader, dict) and set(LOADER_KEYS) <= set(loader) and _is_count(loader["batches"])):
+        raise ValueError(f'{STATE_FILE}: "loader" must be the data loader\'s position '
+                         f"({', '.join(LOADER_KEYS)})")
+
+
+def _check_loads(path: Path, name: str) -> None:
+    """ValueError naming the file unless checkpoint file `name` opens as what it should be."""
+    f = path / name
+    try:
+        if name == MODEL_FILE:
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt") as weights:
+                weights.keys()
+        else:  # mapped, not read: only the structure is unpickled here, by the weights-only unpickler
+            torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # any failure to open means the file cannot be used
+        kind = "a safetensors file" if name == MODEL_FILE else "a weights-only PyTorch file"
+        raise ValueError(f"{name} is not {kind} ({type(e).__name__})") from None
+
+
+def verify(path: Path, training: bool = False) -> dict:
+    """state.json of a checkpoint whose files all match it and load; raises ValueError naming what is
+    wrong. `training`: the checkpoint must also hold what --resume needs."""
     try:
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ValueError(f"unreadable {STATE_FILE}: {e}") from None
-    if not isinstance(state, dict) or "files" not in state or MODEL_FILE not in state["files"]:
-        raise ValueError(f"{STATE_FILE} lists no model file")
+    check_state(state, path, training)
     for name, info in state["files"].items():
-        f = path / name
-        if not f.is_file():
-            raise ValueError(f"{name} is missing")
-        if f.stat().st_size != info["bytes"]:
-            raise ValueError(f"{name} has {f.stat().st_size} bytes, expected {info['bytes']}")
-        if sha256_file(f) != info["sha256"]:
-            raise ValueError(f"{name} does not match its SHA-256")
+        _check_file(path, name, info)
     return state
 
 
-def latest_checkpoint(ckpt_dir: str | Path, warn=print) -> tuple[Path, dict] | None:
-    """The newest checkpoint that verifies, with its state; broken newer ones are reported via `warn`."""
-    for path in reversed(list_checkpoints(ckpt_dir)):
+def _check_file(path: Path, name: str, info: dict) -> None:
+    """ValueError unless checkpoint file `name` has the size and hash of `info` and loads."""
+    f = path / name
+    try:
+        size = f.stat().st_size
+        if size != info["bytes"]:
+            raise ValueError(f"{name} has {size} bytes, expected {info['bytes']}")
+        if sha256_file(f) != info["sha256"]:
+            raise ValueError(f"{name} does not match its SHA-256")
+    except FileNotFoundError:
+        raise ValueError(f"{name} is missing") from None
+    except OSError as e:
+        raise ValueError(f"{name} cannot be read: {one_line(e)}") from None
+    _check_loads(path, name)
+
+
+def find_checkpoint(ckpt_dir: str | Path,
+                    training: bool = False) -> tuple[tuple[Path, dict] | None, list[str]]:
+    """The newest checkpoint that passes `verify`, with its state (None if none does), and why each newer
+    one failed ('FOLDER: reason'), newest first."""
+    problems: list[str] = []
+    broken: set[Path] = set()
+    while candidates := [p for p in reversed(_settled_list(Path(ckpt_dir))) if p not in broken]:
+        path = candidates[0]
         try:
-            return path, verify(path)
+            return (path, verify(path, training)), problems
         except ValueError as e:
-            warn(f"warning: skipping checkpoint {path}: {e}")
-    return None
+            if path.is_dir():
+                broken.add(path)
+                problems.append(f"{path}: {e}")
+            # else it was pruned while being read: a newer one exists, so the folder is listed again
+    return None, problems
+
+
+def latest_checkpoint(ckpt_dir: str | Path, warn=print, training: bool = False) -> tuple[Path, dict] | None:
+    """The newest checkpoint that verifies, with its state; broken newer ones are reported via `warn`."""
+    found, problems = find_checkpoint(ckpt_dir, training)
+    for problem in problems:
+        warn(f"warning: skipping checkpoint {problem}")
+    return found
+
+
+def resume_point(ckpt_dir: str | Path, warn=print) -> tuple[tuple[Path, dict] | None, str | None]:
+    """For --resume: the newest checkpoint training can continue from, with newer unusable ones reported
+    through `warn` and set aside; or None and why the newest one is unusable (None if there is none)."""
+    found, problems = find_checkpoint(ckpt_dir, training=True)
+    if found is None:
+        return None, problems[0] if problems else None
+    for problem in problems:
+        warn(f"warning: skipping checkpoint {problem}")
+    # Training will pass their steps again, and pruning must never keep them over the good checkpoints
+    # it writes, so they are renamed, kept for a look.
+    for moved in set_aside_newer(ckpt_dir, found[0]):
+        warn(f"note: moved the unusable {moved.name.removeprefix('broken_')} to {moved}")
+    return found, None
 
 
 def set_aside_newer(ckpt_dir: str | Path, kept: Path) -> list[Path]:
@@ -168,11 +372,18 @@ def set_aside_newer(ckpt_dir: str | Path, kept: Path) -> list[Path]:
     return moved
 
 
+# --- loading -------------------------------------------------------------------------------------
+
+
 def load_model_weights(model: torch.nn.Module, path: str | Path, device="cpu") -> None:
     """Load `model.safetensors` of a checkpoint folder into `model` (strict)."""
     from safetensors.torch import load_model
 
-    missing, unexpected = load_model(model, str(Path(path) / MODEL_FILE), strict=False, device=str(device))
+    file = Path(path) / MODEL_FILE
+    try:
+        missing, unexpected = load_model(model, str(file), strict=False, device=str(device))
+    except Exception as e:  # a file that is no safetensors file, or tensors of other shapes
+        raise UserError(f"{file}: cannot be loaded into the model: {one_line(e)[:200]}") from None
     if missing or unexpected:
         raise UserError(f"{path}: checkpoint does not fit the model (missing {sorted(missing)[:3]}, "
                         f"unexpected {sorted(unexpected)[:3]})")
@@ -180,8 +391,12 @@ def load_model_weights(model: torch.nn.Module, path: str | Path, device="cpu") -
 
 def load_optimizer(optimizer, path: str | Path) -> None:
     """Load `optimizer.pt` without unpickling arbitrary objects."""
-    state = torch.load(Path(path) / OPTIM_FILE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state)
+    file = Path(path) / OPTIM_FILE
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state)
+    except Exception as e:  # not a weights-only file, or the state of another optimizer
+        raise UserError(f"{file}: not the state of this run's optimizer ({type(e).__name__})") from None
 
 
 def prune(ckpt_dir: str | Path, keep_last: int, best: Path | None = None) -> None:
@@ -192,7 +407,7 @@ def prune(ckpt_dir: str | Path, keep_last: int, best: Path | None = None) -> Non
         keep.add(Path(best))
     for p in paths:
         if p not in keep:
-            shutil.rmtree(p, ignore_errors=True)
+            _remove(p)
 
 
 def load_run(run: str | Path, device="cpu", warn=print):
@@ -204,12 +419,21 @@ def load_run(run: str | Path, device="cpu", warn=print):
     if not (run / "config.toml").is_file():
         raise UserError(f"{run}: not a run folder (no config.toml; train one with `scratchllm train`)")
     cfg = load_run_config(run / "config.toml")
-    found = latest_checkpoint(run / "ckpt", warn=warn)
-    if found is None:
-        raise UserError(f"{run}: no valid checkpoint in {run / 'ckpt'}")
     model = GPT(cfg.model)
-    load_model_weights(model, found[0])
-    return cfg, model.to(device).eval(), found[0]
+    while True:
+        found, problems = find_checkpoint(run / "ckpt")
+        if found is None:
+            why = f" ({problems[0]})" if problems else ""
+            raise UserError(f"{run}: no usable checkpoint in {run / 'ckpt'}{why}")
+        try:
+            load_model_weights(model, found[0])
+        except UserError:
+            if found[0].is_dir():
+                raise
+            continue  # pruned by the training run after the check: a newer checkpoint is there
+        for problem in problems:
+            warn(f"warning: skipping checkpoint {problem}")
+        return cfg, model.to(device).eval(), found[0]
 
 
 def run_tokenizer(run: str | Path, cfg):

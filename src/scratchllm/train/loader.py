@@ -20,6 +20,9 @@ import torch
 
 from scratchllm.util import UserError
 
+# What `TokenLoader.state_dict` holds: the position, and what it depends on.
+STATE_KEYS = ("batches", "order", "seed", "batch_size", "block_size", "world_size", "n_tokens")
+
 
 class TokenLoader:
     """Resumable, rank-aware batches of shape (batch_size, block_size) from a 1-D token array."""
@@ -70,15 +73,22 @@ class TokenLoader:
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where `state_dict()` was taken."""
         mine = self.state_dict()
-        for key in ("order", "seed", "batch_size", "block_size", "world_size", "n_tokens"):
+        for key in STATE_KEYS[1:]:
             if state.get(key) != mine[key]:
                 raise UserError(f"cannot resume the data loader: {key} was {state.get(key)}, now {mine[key]}")
         self.batches = int(state["batches"])
 
 
+def val_batch_count(n_tokens: int, batch_size: int, block_size: int) -> int:
+    """How many sequential batches it takes to read every window of `n_tokens` tokens once."""
+    return -(-((n_tokens - 1) // block_size) // batch_size)
+
+
 def eval_batches(tokens: np.ndarray, batch_size: int, block_size: int, n_batches: int, rank: int = 0,
                  world_size: int = 1):
-    """The fixed validation set: the first `n_batches` sequential batches, this rank's share of them."""
+    """The fixed validation set: the first `n_batches` sequential batches (at most one pass over the
+    tokens: more would only repeat them), this rank's share of them."""
     loader = TokenLoader(tokens, batch_size, block_size, order="sequential", name="val.bin")
+    n_batches = min(n_batches, val_batch_count(len(tokens), batch_size, block_size))
     for k in range(rank, n_batches, world_size):
         yield loader.batch_at(k)

@@ -26,11 +26,12 @@ from scratchllm.config import Config, TrainConfig
 from scratchllm.data.tokens import TokenFolder
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.distributed import Dist, setup, teardown
+from scratchllm.train.limits import check_fits
 from scratchllm.train.loader import TokenLoader, eval_batches
 from scratchllm.train.metrics import MetricsLog, sample_entry, split_bits_per_byte, truncate_samples
 from scratchllm.train.optim import make_optimizer
 from scratchllm.train.precision import autocast, resolve
-from scratchllm.util import UserError
+from scratchllm.util import UserError, folder_lock
 
 # Dense bf16 peak of GPUs, for MFU in the progress bar (CPUs: measure it, see benchmarks/); the first
 # entry whose words are all in the device name wins.
@@ -110,22 +111,17 @@ def sample_text(model, tokenizer, n_tokens: int, device, seed: int) -> str | Non
 def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist, warn) -> tuple[Path, dict] | None:
     """The checkpoint every rank continues from: rank 0 chooses, so ranks on machines without a shared
     filesystem cannot each pick their own newest; every rank then checks its copy of that one."""
-    choice: tuple[bool, str | None] = (bool(ckpt.list_checkpoints(ckpt_dir)), None)
+    choice: tuple[bool, str | None, str | None] = (bool(ckpt.list_checkpoints(ckpt_dir)), None, None)
     found = None
     if dist.main and resume:
-        found = ckpt.latest_checkpoint(ckpt_dir, warn=warn)
-        if found is not None:
-            # Newer folders failed their checks. Training will pass their steps again, and pruning
-            # must never keep them over the good checkpoints it writes, so they are set aside.
-            for moved in ckpt.set_aside_newer(ckpt_dir, found[0]):
-                warn(f"note: moved the unusable {moved.name.removeprefix('broken_')} to {moved}")
-        choice = (choice[0], found[0].name if found else None)
-    exists, name = dist.broadcast(choice)
+        found, why = ckpt.resume_point(ckpt_dir, warn)  # newer broken ones are set aside
+        choice = (choice[0], found[0].name if found else None, why)
+    exists, name, why = dist.broadcast(choice)
     if exists and not resume:
         raise UserError(f"{ckpt_dir.parent} already holds checkpoints: add --resume to continue it, "
                         "or pick another --out")
     if exists and name is None:
-        raise UserError(f"no checkpoint in {ckpt_dir} passes its checks (see above); starting over "
+        raise UserError(f"no checkpoint in {ckpt_dir} passes its checks (newest: {why}); starting over "
                         "would overwrite the run's log: move the folder away to do that")
     if name is None:
         if resume:
@@ -136,7 +132,7 @@ def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist, warn) -> tuple[Path,
         if found is not None:  # rank 0 checked its copy when it chose
             return found
         try:
-            return ckpt_dir / name, ckpt.verify(ckpt_dir / name)
+            return ckpt_dir / name, ckpt.verify(ckpt_dir / name, training=True)
         except ValueError as e:
             raise UserError(f"{ckpt_dir / name}, chosen by rank 0, is not usable here ({e}); all ranks must "
                             "see the same checkpoint folder (a shared filesystem)") from None
@@ -489,12 +485,16 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
           quiet: bool = False) -> dict:
     """Train (or continue) the run in `out_dir` on the token folder `data_dir`; returns a summary."""
     dist, device = setup(cfg.train.device)
+    lock = contextlib.ExitStack()
     try:
         data_dir, out = Path(data_dir), Path(out_dir)
         warn = (lambda msg: print(msg, file=sys.stderr)) if dist.main else (lambda msg: None)
-        found = _resume_point(out / "ckpt", resume, dist, warn)
         # Ranks on machines without a shared filesystem may see different data folders.
         meta, train_tokens, val_tokens, cfg = dist.on_every_rank(lambda: open_data(data_dir, cfg))
+        dist.on_every_rank(lambda: check_fits(cfg, device))  # before building what cannot fit
+        # One job writes a run folder at a time: rank 0 holds its lock for all the ranks, until the end.
+        dist.on_every_rank(lambda: dist.main and lock.enter_context(folder_lock(out, "training")))
+        found = _resume_point(out / "ckpt", resume, dist, warn)
         cfg = replace(cfg, train=replace(cfg.train, data=str(data_dir.resolve())))
         # Rank 0 writes text samples; with downstream tasks every rank scores its share of the items.
         tokenizer = load_tokenizer(data_dir) if dist.main or cfg.train.eval_tasks else None
@@ -507,4 +507,5 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
             _prepare_run_folder(trainer, found)
         return trainer.fit()
     finally:
+        lock.close()
         teardown()
