@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 
@@ -29,3 +30,19 @@ def test_demo_runs_all_stages_and_learns(run_cli, tmp_path):
     assert float(final.split()[0]) == pytest.approx(val[-1]["val_loss"], abs=1e-3)
     assert f"{val[-1]['val_bpb']:.3f} bits per byte" in final
     assert "sample:" in r.stdout and len(r.stdout.split("sample:")[1].strip()) > 20
+
+
+def test_demo_refuses_a_bad_setting_before_any_work(run_cli, tmp_path):
+    r = run_cli("demo", "--out", tmp_path / "demo", "--set", "train.nope=1")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "train.nope" in r.stderr
+    assert not (tmp_path / "demo").exists()
+
+
+def test_choose_model_falls_back_to_the_smallest_and_keeps_the_sets():
+    from scratchllm.demo import DEMO_MODELS, choose_model
+
+    tokens = np.random.default_rng(0).integers(0, 512, 50_000).astype(np.uint16)
+    # No model makes MIN_STEPS in a thousandth of a minute: the smallest is trained, with the sets.
+    cfg, rate = choose_model(512, tokens, 1e-3, sets=["train.dtype=float32", "train.batch_size=2"])
+    assert rate > 0 and cfg.train.dtype == "float32" and cfg.train.batch_size == 2
+    assert f"model.n_embd={cfg.model.n_embd}" in DEMO_MODELS[-1] and cfg.model.block_size == 128

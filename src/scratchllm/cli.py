@@ -210,7 +210,7 @@ def cmd_export(args) -> int:
 def cmd_demo(args) -> int:
     from scratchllm.demo import run_demo
 
-    run_demo(args.out, minutes=args.minutes, quiet=args.quiet)
+    run_demo(args.out, minutes=args.minutes, quiet=args.quiet, sets=args.set)
     return 0
 
 
@@ -360,6 +360,8 @@ def _run_commands(add, group) -> None:
     p = add("demo", cmd_demo, "run all four stages on the built-in corpus")
     p.add_argument("--out", default="demo", help="folder for everything the demo makes (default: demo)")
     p.add_argument("--minutes", type=float, default=None, help="training time budget in minutes")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key of the demo's models, e.g. --set train.dtype=float32")
 
 
 def main(argv: list[str] | None = None) -> int:

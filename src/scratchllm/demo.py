@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 VOCAB_SIZE = 4096
@@ -37,8 +38,11 @@ def _say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def steps_per_second(cfg, tokens, n: int = 3) -> float:
-    """Measured optimizer steps a second of this config on this machine (after one warm-up step)."""
+def steps_per_second(cfg, tokens, n: int = 5, warmup: int = 2) -> float:
+    """Measured optimizer steps a second of this config on this machine: the median of `n` steps
+    after `warmup` (the first steps also fill the allocator's caches and run slow)."""
+    import statistics
+
     import torch
 
     from scratchllm.train.distributed import pick_device
@@ -47,22 +51,23 @@ def steps_per_second(cfg, tokens, n: int = 3) -> float:
     device = pick_device(cfg.train.device)
     trainer = Trainer(cfg, tokens, device=device)
     times = []
-    for _ in range(n + 1):
+    for _ in range(warmup + n):
         t = time.perf_counter()
         trainer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    return 1.0 / (sum(times[1:]) / n)
+    return 1.0 / statistics.median(times[warmup:])
 
 
-def choose_model(vocab_size: int, tokens, minutes: float):
+def choose_model(vocab_size: int, tokens, minutes: float, sets: Sequence[str] = ()):
     """(config, measured steps/s) of the largest model of DEMO_MODELS that makes MIN_STEPS steps in
-    `minutes` on this machine, else the smallest: a slower machine trains a smaller model longer."""
+    `minutes` on this machine, else the smallest: a slower machine trains a smaller model longer.
+    `sets` apply to every candidate, before its speed is measured."""
     from scratchllm.config import build_config
 
-    for sets in DEMO_MODELS:
-        cfg = build_config(DEMO_PRESET, sets=[f"model.vocab_size={vocab_size}", *sets])
+    for shape in DEMO_MODELS:
+        cfg = build_config(DEMO_PRESET, sets=[f"model.vocab_size={vocab_size}", *shape, *sets])
         rate = steps_per_second(cfg, tokens)
         if rate * minutes * 60 >= MIN_STEPS:
             break
@@ -103,10 +108,12 @@ def prepare_data(source: str, out: Path, val_docs: int, vocab_size: int = VOCAB_
     return tok
 
 
-def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool = False) -> dict:
+def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool = False,
+             sets: Sequence[str] = ()) -> dict:
     """Run the whole pipeline into `out`; print where everything went; return the final figures."""
     import torch
 
+    from scratchllm.config import build_config
     from scratchllm.data.tokens import read_tokens
     from scratchllm.model.gpt import GPT
     from scratchllm.train.distributed import pick_device
@@ -118,6 +125,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     minutes = DEFAULT_MINUTES if minutes is None else minutes
     if minutes <= 0:
         raise UserError(f"--minutes must be positive, got {minutes}")
+    build_config(DEMO_PRESET, sets=sets)  # a bad --set stops here, before the data stage
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -129,7 +137,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     _say(_attention_check())
 
     _say("== stage 3: architecture ==")
-    cfg, rate = choose_model(tok.vocab_size, read_tokens(data_dir / "train.bin"), minutes)
+    cfg, rate = choose_model(tok.vocab_size, read_tokens(data_dir / "train.bin"), minutes, sets)
     model = GPT(cfg.model)
     _say(f"GPT: {cfg.model.n_layer} layers, {cfg.model.n_head} heads, {cfg.model.n_embd} wide, context "
          f"{cfg.model.block_size}; {model.num_params() / 1e6:.2f}M parameters, "
@@ -143,9 +151,10 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     # Evaluations with their samples and checkpoints take a few percent of the time.
     steps = max(20, int(0.95 * rate * minutes * 60))
     every = max(10, steps // 4)
+    # Every evaluation covers the whole of the three held-out plays (one pass caps eval_batches).
     cfg = cfg.apply_sets([f"train.max_steps={steps}", f"train.max_minutes={minutes}",
                           f"train.eval_every={every}", f"train.ckpt_every={every}", "train.log_every=5",
-                          "train.sample_tokens=64"])
+                          "train.sample_tokens=64", "train.eval_batches=1000"])
     _say(f"{rate:.2f} steps/s measured here: {steps} steps of {cfg.train.batch_size} x "
          f"{cfg.model.block_size} tokens with {cfg.train.optimizer} in {precision.dtype} "
          f"({precision.reason}) fit {minutes:g} minutes")
