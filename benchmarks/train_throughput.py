@@ -64,7 +64,7 @@ class Stepper:
         self.i += 1
         self.loss(x, y).backward()
         self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad()
 
     def timed(self, steps, tokens):
         if self.device.type == "cuda":
