@@ -4,7 +4,8 @@
    train.bin and val.bin (validation = the last three plays, whole);
 2. attention: the library's `MultiHeadAttention` is run both ways, its explicit path (scores,
    causal mask, softmax, weighted sum) against the fused `scaled_dot_product_attention` path;
-3. architecture: the `tiny` GPT (4 layers, 256 wide, context 256);
+3. architecture: a GPT in the speedruns' recipe (`tiny-modern`), the largest of DEMO_MODELS whose
+   measured speed here makes MIN_STEPS steps in the budget;
 4. training: in the fastest precision this machine has (bfloat16 on CPUs with bf16 instructions,
    else float32) for a time budget, with a schedule sized to fit it; then
    evaluation, a text sample and the loss curve.
