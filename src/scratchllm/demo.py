@@ -148,10 +148,13 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
 
     _say("== stage 4: training ==")
     precision = resolve(cfg.train.dtype, pick_device(cfg.train.device))
-    # The schedule ends where the budget does (max_minutes stops it if the machine turns out slower).
-    # Evaluations with their samples and checkpoints take a few percent of the time.
-    steps = max(20, int(0.95 * rate * minutes * 60))
-    every = max(10, steps // 4)
+    # The schedule ends where the budget does (max_minutes stops it if the machine turns out slower),
+    # less the five evaluations over the held-out plays: a forward pass costs about a third of a
+    # training step. Samples and checkpoints take a few percent more.
+    val_tokens = len(read_tokens(data_dir / "val.bin"))
+    eval_steps = 5 * val_tokens / (3 * cfg.train.batch_size * cfg.model.block_size)
+    steps = max(20, int(0.95 * rate * minutes * 60 - eval_steps))
+    every = max(10, -(-steps // 4))  # rounded up: four evaluations after step 0, the last at the end
     # Every evaluation covers the whole of the three held-out plays (one pass caps eval_batches).
     cfg = cfg.apply_sets([f"train.max_steps={steps}", f"train.max_minutes={minutes}",
                           f"train.eval_every={every}", f"train.ckpt_every={every}", "train.log_every=5",
