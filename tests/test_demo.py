@@ -46,3 +46,18 @@ def test_choose_model_falls_back_to_the_smallest_and_keeps_the_sets():
     cfg, rate = choose_model(512, tokens, 1e-3, sets=["train.dtype=float32", "train.batch_size=2"])
     assert rate > 0 and cfg.train.dtype == "float32" and cfg.train.batch_size == 2
     assert f"model.n_embd={cfg.model.n_embd}" in DEMO_MODELS[-1] and cfg.model.block_size == 128
+
+
+def test_the_plan_fills_the_budget_less_five_evaluations_over_all_of_val():
+    from scratchllm.config import build_config
+    from scratchllm.demo import plan_training
+
+    cfg = build_config("tiny-modern", sets=["train.batch_size=16", "model.block_size=256"])
+    # 27 batches of 16 x 256 read 110,593 tokens once; five of them cost 5 * 27 / 3 = 45 steps.
+    plan = plan_training(cfg, rate=2.0, minutes=5.0, val_tokens=110_593)
+    assert plan.train.eval_batches == 27 and plan.train.max_steps == 0.95 * 2.0 * 300 - 45 == 525
+    every = plan.train.eval_every
+    assert 4 * every >= plan.train.max_steps > 3 * every  # four evaluations after step 0, none past the end
+    assert plan.train.max_minutes == 5.0
+    # A budget too small for anything still trains the minimum.
+    assert plan_training(cfg, rate=2.0, minutes=0.1, val_tokens=110_593).train.max_steps == 20

@@ -75,6 +75,21 @@ def choose_model(vocab_size: int, tokens, minutes: float, sets: Sequence[str] = 
     return cfg, rate
 
 
+def plan_training(cfg, rate: float, minutes: float, val_tokens: int):
+    """`cfg` with a schedule that fills `minutes` at `rate` steps/s, evaluating on all the held-out tokens."""
+    from scratchllm.train.loader import val_batch_count
+
+    # The schedule ends where the budget does (max_minutes stops it if the machine turns out slower),
+    # less the five evaluations over the whole of val.bin: a forward pass costs about a third of a
+    # training step. Samples and checkpoints take a few percent more.
+    val_batches = val_batch_count(val_tokens, cfg.train.batch_size, cfg.model.block_size)
+    steps = max(20, int(0.95 * rate * minutes * 60 - 5 * val_batches / 3))
+    every = max(10, -(-steps // 4))  # rounded up: four evaluations after step 0, the last at the end
+    return cfg.apply_sets([f"train.max_steps={steps}", f"train.max_minutes={minutes}",
+                           f"train.eval_every={every}", f"train.ckpt_every={every}", "train.log_every=5",
+                           "train.sample_tokens=64", f"train.eval_batches={val_batches}"])
+
+
 def _attention_check() -> str:
     """Stage 2 in one line: the explicit multi-head attention equals the fused SDPA path."""
     import torch
@@ -148,18 +163,8 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
 
     _say("== stage 4: training ==")
     precision = resolve(cfg.train.dtype, pick_device(cfg.train.device))
-    # The schedule ends where the budget does (max_minutes stops it if the machine turns out slower),
-    # less the five evaluations over the held-out plays: a forward pass costs about a third of a
-    # training step. Samples and checkpoints take a few percent more.
-    val_tokens = len(read_tokens(data_dir / "val.bin"))
-    eval_steps = 5 * val_tokens / (3 * cfg.train.batch_size * cfg.model.block_size)
-    steps = max(20, int(0.95 * rate * minutes * 60 - eval_steps))
-    every = max(10, -(-steps // 4))  # rounded up: four evaluations after step 0, the last at the end
-    # Every evaluation covers the whole of the three held-out plays (one pass caps eval_batches).
-    cfg = cfg.apply_sets([f"train.max_steps={steps}", f"train.max_minutes={minutes}",
-                          f"train.eval_every={every}", f"train.ckpt_every={every}", "train.log_every=5",
-                          "train.sample_tokens=64", "train.eval_batches=1000"])
-    _say(f"{rate:.2f} steps/s measured here: {steps} steps of {cfg.train.batch_size} x "
+    cfg = plan_training(cfg, rate, minutes, len(read_tokens(data_dir / "val.bin")))
+    _say(f"{rate:.2f} steps/s measured here: {cfg.train.max_steps} steps of {cfg.train.batch_size} x "
          f"{cfg.model.block_size} tokens with {cfg.train.optimizer} in {precision.dtype} "
          f"({precision.reason}) fit {minutes:g} minutes")
     if run_dir.exists():
