@@ -206,8 +206,12 @@ def _adamw_groups(named: list[tuple[str, torch.nn.Parameter]], tc) -> list[dict]
     return [g for g in groups if g["params"]]
 
 
-def make_optimizer(model: torch.nn.Module, tc, ns_dtype: torch.dtype = torch.bfloat16) -> Optimizers:
-    """The optimizers `train.optimizer` names for `model`, as one `Optimizers`."""
+def make_optimizer(model: torch.nn.Module, tc, ns_dtype: torch.dtype = torch.float32) -> Optimizers:
+    """The optimizers `train.optimizer` names for `model`, as one `Optimizers`.
+
+    `ns_dtype` is Muon's iteration dtype: float32 unless the caller knows bf16 is fast here (the
+    Trainer passes its Precision's `iteration_dtype`), so no caller meets the slow bf16 path by default.
+    """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     muon = [p for n, p in named if tc.optimizer == "muon" and is_muon_param(n, p)]
     rest = [(n, p) for n, p in named if all(p is not m for m in muon)]
