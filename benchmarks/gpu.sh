@@ -20,7 +20,8 @@ echo "== 2. scratchllm train (gpt2-124m, eager, bf16, 30 steps: the trainer's ow
 import sys
 from pathlib import Path
 import numpy as np
-from scratchllm.data.tokens import write_meta, write_tokens
+from scratchllm.data.folder import write_meta
+from scratchllm.data.tokens import write_tokens
 out = Path(sys.argv[1]); out.mkdir()
 rng = np.random.default_rng(0)
 for split, n in (("train", 20_000_000), ("val", 2_000_000)):

@@ -18,6 +18,7 @@ Corpora:
   preset was tuned on it.
 
     python benchmarks/speedrun.py [--quick] [--steps N] [--corpus shakespeare,python-docs]
+    python benchmarks/speedrun.py --quick --baseline tiny-modern --best-set train.align=true   # one option
 
 The default (600 steps of the presets' shape on both corpora) takes over an hour on 2 CPU cores:
 the 40 evaluations over the whole held-out text cost more than the training. `--quick` (300 steps,
@@ -27,16 +28,13 @@ the largest of the demo's shapes that fits) took 14 minutes on a 2-core AVX-512-
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from corpora import python_docs_source
 
 from scratchllm.config import Config, build_config
 from scratchllm.demo import prepare_data
@@ -45,8 +43,6 @@ from scratchllm.train.trainer import Trainer, evaluate, open_data
 from scratchllm.util import cache_dir
 
 RECIPES = {"baseline": "tiny", "best": "tiny-modern"}
-DOC_PACKAGE = "python3.11-doc"
-DOC_SOURCES = Path("usr/share/doc/python3.11/html/_sources")
 EVAL_POINTS = 40  # evaluations over a run: the crossing point is known to 1/40 of the steps
 EVAL_OVERHEAD = 1.6  # the evaluations' share of a race, as a factor on the training time (measured: 1.56)
 QUICK_STEPS, QUICK_MINUTES = 300, 14.0
@@ -54,34 +50,6 @@ QUICK_STEPS, QUICK_MINUTES = 300, 14.0
 
 def _say(msg: str = "") -> None:
     print(msg, flush=True)
-
-
-def python_docs_source(cache: Path) -> str:
-    """A `text:` source spec over the documentation pages, fetched and unpacked once into `cache`."""
-    pages = cache / "pages"
-    if not (pages / "DONE").is_file():
-        deb_dir = cache / "deb"
-        deb_dir.mkdir(parents=True, exist_ok=True)
-        if not list(deb_dir.glob(f"{DOC_PACKAGE}_*.deb")):
-            if shutil.which("apt-get") is None:
-                sys.exit(f"python-docs needs Debian's {DOC_PACKAGE} package (apt-get download); "
-                         "run with --corpus shakespeare elsewhere")
-            subprocess.run(["apt-get", "download", DOC_PACKAGE], cwd=deb_dir, check=True, capture_output=True)
-        deb = sorted(deb_dir.glob(f"{DOC_PACKAGE}_*.deb"))[-1]
-        tree = cache / "tree"
-        shutil.rmtree(tree, ignore_errors=True)
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
-        files = [p for p in (tree / DOC_SOURCES).rglob("*.txt") if p.name != "changelog.rst.txt"]
-        # The changelog is a generated list of commit titles, not documentation; the rest in an order
-        # that mixes the sections, so the held-out tail is not all of one kind.
-        files.sort(key=lambda p: hashlib.sha256(str(p.relative_to(tree)).encode()).hexdigest())
-        shutil.rmtree(pages, ignore_errors=True)
-        pages.mkdir()
-        for i, f in enumerate(files):
-            (pages / f"{i:04d}_{f.name}").write_bytes(f.read_bytes())
-        (pages / "DONE").write_text(deb.name)
-        shutil.rmtree(tree)
-    return f"text:{pages}/*.txt"
 
 
 def corpus_tokens(name: str) -> Path:
@@ -141,8 +109,8 @@ def race(cfgs: dict[str, Config], data: Path, steps: int) -> dict[str, Curve]:
     """Train every config `steps` steps, one step of each in turn; evaluate all at the same steps."""
     trainers, curves, spent = {}, {}, {}
     for name, cfg in cfgs.items():
-        meta, train_tokens, val_tokens, cfg = open_data(data, cfg)
-        trainers[name] = Trainer(cfg, train_tokens, val_tokens, meta)
+        folder, cfg = open_data(data, cfg)
+        trainers[name] = Trainer(cfg, folder.train, folder.val, folder.meta)
         curves[name], spent[name] = Curve(), 0.0
     first = next(iter(trainers.values()))
     every = max(1, steps // EVAL_POINTS)
@@ -201,10 +169,10 @@ def report(corpus: str, curves: dict[str, Curve], meta: dict, steps: int) -> dic
 
 def quick_shape(steps: int, n_corpora: int) -> list[str]:
     """The largest of the demo's model shapes whose races all fit QUICK_MINUTES here (measured)."""
-    from scratchllm.data.tokens import read_tokens
+    from scratchllm.data.folder import TokenFolder
     from scratchllm.demo import DEMO_MODELS, steps_per_second
 
-    tokens = read_tokens(corpus_tokens("shakespeare") / "train.bin")
+    tokens = TokenFolder.open(corpus_tokens("shakespeare")).train
     for shape in DEMO_MODELS:
         rates = [steps_per_second(build_config(preset, sets=[*shape, "model.vocab_size=4096"]), tokens)
                  for preset in RECIPES.values()]
@@ -224,7 +192,12 @@ def main() -> None:
                    help="300 steps on the largest of the demo's shapes that fits 15 minutes here")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of both recipes (e.g. model.block_size=128)")
+    p.add_argument("--baseline", default=RECIPES["baseline"],
+                   help=f"the baseline's preset (default {RECIPES['baseline']})")
+    p.add_argument("--best-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the best recipe alone (with --baseline tiny-modern: one option)")
     args = p.parse_args()
+    recipes = {"baseline": args.baseline, "best": RECIPES["best"]}
     steps = args.steps or (QUICK_STEPS if args.quick else 600)
     corpora = args.corpus.split(",")
     shape = quick_shape(steps, len(corpora)) if args.quick else []
@@ -236,8 +209,9 @@ def main() -> None:
     lines = []
     for corpus in corpora:
         data = corpus_tokens(corpus)
-        cfgs = {name: build_config(preset, sets=[*shape, f"train.max_steps={steps}", *args.set])
-                for name, preset in RECIPES.items()}
+        own = {"baseline": [], "best": args.best_set}
+        cfgs = {name: build_config(preset, sets=[*shape, f"train.max_steps={steps}", *args.set, *own[name]])
+                for name, preset in recipes.items()}
         meta = json.loads((data / "meta.json").read_text())
         _say(f"\n== {corpus}: train {meta['train']['tokens']:,} tokens, "
              f"held out {meta['val']['tokens']:,} ==")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchllm.data.tokens import write_meta, write_tokens
+from scratchllm.data.folder import write_meta
+from scratchllm.data.tokens import write_tokens
 
 # A model small enough for a few seconds of CPU, as --set arguments and as a dict.
 SMALL = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 64, "model.block_size": 64,
@@ -48,6 +49,17 @@ def byte_token_dir(folder: Path, data: bytes, val_fraction: float = 0.1) -> Path
     meta = {"tokenizer": "bytes", "vocab_size": 256, "eot_id": 0, "token_dtype": "uint16", "source": "test"}
     meta.update({k: {"documents": 1, "tokens": n, "bytes": n} for k, n in split.items()})
     write_meta(folder, meta)
+    return folder
+
+
+def modded_nanogpt_dir(folder: Path, data: bytes, n_train_shards: int = 4, val_fraction: float = 0.1) -> Path:
+    """The byte tokens as a folder of llm.c shards named as modded-nanogpt names FineWeb's, no meta.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = np.frombuffer(data, dtype=np.uint8).astype(np.uint16)
+    n_val = int(len(tokens) * val_fraction)
+    write_tokens(folder / "fineweb_val_000000.bin", tokens[-n_val:])
+    for i, part in enumerate(np.array_split(tokens[:-n_val], n_train_shards)):
+        write_tokens(folder / f"fineweb_train_{i + 1:06d}.bin", part)
     return folder
 
 

@@ -404,3 +404,48 @@ def test_more_eval_batches_than_val_holds_reads_val_once(run_cli, byte_data, tmp
     rows = [map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) for run in runs.values()]
     val = [[row["val_loss"] for row in log if "val_loss" in row] for log in rows]
     assert len(val[0]) == 2 and val[0] == val[1]  # the same losses: every window of val.bin, once
+
+
+# --- token folders of every layout -----------------------------------------------------------------
+
+
+def test_shards_written_elsewhere_train_with_the_tokenizer_named(run_cli, run, tmp_path):
+    """Our shards renamed as modded-nanogpt names FineWeb's, without meta.json: `--tokenizer` says what made
+    them, and the run keeps that tokenizer for generate and export."""
+    import os
+
+    from scratchllm.tokenizer import Tokenizer, train_bpe
+
+    made = run.parent / "data"
+    data = tmp_path / "fineweb10B"
+    data.mkdir()
+    for path in made.glob("*.bin"):
+        split, index = path.stem.split("_")
+        os.link(path, data / f"fineweb_{split}_{int(index) + (split == 'train'):06d}.bin")
+    out = tmp_path / "r"
+    r = run_cli("train", "--data", data, "--out", out, "--tokenizer", made, "--quiet",
+                *sets(train__max_steps=2, train__eval_every=2))
+    assert r.returncode == 0, r.stderr
+    assert Tokenizer.load(out / "tokenizer").sha256() == Tokenizer.load(made).sha256()
+    assert "vocab_size = 400" in (out / "config.toml").read_text()  # the tokenizer's, not GPT-2's 50,257
+
+    train_bpe(["some other text entirely"] * 3, 300).save(tmp_path / "other")
+    r = run_cli("train", "--data", made, "--out", tmp_path / "r2", "--tokenizer", tmp_path / "other")
+    _one_line_error(r, "these tokens were made with tokenizer.json, not with the tokenizer named")
+    assert not (tmp_path / "r2").exists()
+
+
+def test_verify_finds_a_shard_changed_behind_the_record(run_cli, run, tmp_path):
+    import os
+
+    data = tmp_path / "data"
+    shutil.copytree(run.parent / "data", data, copy_function=shutil.copy2)
+    path = data / "train_000000.bin"
+    st = path.stat()
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 1
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = run_cli("train", "--data", data, "--out", tmp_path / "r", "--verify")
+    _one_line_error(r, "train_000000.bin: its sha256 differs from the one in meta.json")
+    assert not (tmp_path / "r").exists()

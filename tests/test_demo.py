@@ -16,7 +16,7 @@ def test_demo_runs_all_stages_and_learns(run_cli, tmp_path):
         assert f"== {stage}" in r.stdout
     run = out / "run"
     for path in (out / "raw" / "manifest.json", out / "tokenizer" / "tokenizer.json",
-                 out / "tokens" / "train.bin", out / "tokens" / "val.bin", run / "config.toml",
+                 out / "tokens" / "train_000000.bin", out / "tokens" / "val_000000.bin", run / "config.toml",
                  run / "loss.png", run / "samples.txt"):
         assert path.is_file(), path
         assert str(path) in r.stdout or str(path.parent) in r.stdout

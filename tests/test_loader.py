@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scratchllm.data.tokens import HEADER_BYTES, read_tokens, write_tokens
+from scratchllm.data.tokens import HEADER_BYTES, ShardedTokens, read_tokens, write_tokens
 from scratchllm.train.loader import TokenLoader, eval_batches
 from scratchllm.util import UserError
 
@@ -107,3 +107,95 @@ def test_memory_does_not_grow_with_a_4gb_file(tmp_path):
     # small part of the file: the windows plus the kernel's read-around, not the 4 GB.
     assert after["RssAnon"] - before["RssAnon"] < 64 * 1024
     assert after["RssFile"] - before["RssFile"] < 1024 * 1024
+
+
+def _sparse_shard(path, n):
+    """A token file of n zeros that takes no disk (a sparse file)."""
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = (20240520, 1, n)
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.truncate(HEADER_BYTES + 2 * n)
+    return read_tokens(path)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux /proc")
+def test_memory_does_not_grow_with_the_number_of_shards(tmp_path):
+    shards = ShardedTokens([_sparse_shard(tmp_path / f"s{i}.bin", 100_000_000) for i in range(64)])  # 12.8 GB
+    loader = TokenLoader(shards, 16, 1024, "random", seed=0)
+    before = _rss_kb()
+    for _ in range(200):
+        loader.next_batch()
+    after = _rss_kb()
+    assert len(shards) == 6_400_000_000
+    assert after["RssAnon"] - before["RssAnon"] < 64 * 1024
+    assert after["RssFile"] - before["RssFile"] < 1024 * 1024
+
+
+@pytest.fixture
+def shard_files(tmp_path):
+    """1,000 tokens 0..999 as one array, and as shards of 1, 7, 300, 2 and 690 tokens."""
+    whole = np.arange(1000, dtype=np.uint16)
+    parts, at = [], 0
+    for i, n in enumerate((1, 7, 300, 2, 690)):
+        write_tokens(tmp_path / f"p{i}.bin", whole[at : at + n])
+        parts.append(read_tokens(tmp_path / f"p{i}.bin"))
+        at += n
+    return whole, ShardedTokens(parts)
+
+
+@pytest.mark.parametrize("order", ["random", "sequential"])
+def test_shards_give_the_batches_of_one_file(shard_files, order):
+    whole, shards = shard_files
+    one, many = TokenLoader(whole, 8, 16, order, seed=4), TokenLoader(shards, 8, 16, order, seed=4)
+    for _ in range(30):  # windows cross every shard boundary somewhere in 240 windows
+        a, b = one.next_batch(), many.next_batch()
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    val = [[x.tolist() for x, _ in eval_batches(t, 4, 16, 5)] for t in (whole, shards)]
+    assert val[0] == val[1]
+
+
+def _documents(lengths, eot):
+    """Documents of ids 1.. (never eot) of the given lengths, each followed by eot."""
+    out = []
+    for n in lengths:
+        out += [*(1 + np.arange(n) % 50), eot]
+    return np.array(out, dtype=np.uint16)
+
+
+def test_aligned_windows_start_at_documents_within_reach():
+    T, eot = 16, 99
+    tokens = _documents([5, 40, 3, 3, 200, 7, 60, 1, 1, 30], eot)
+    doc_starts = sorted({0} | {int(i) + 1 for i in np.flatnonzero(tokens == eot)})
+
+    def expected(s):  # the next document start, if it is within T - 1 tokens and leaves room for a window
+        d = next(d for d in doc_starts + [len(tokens)] if d >= s)
+        return d if d - s <= T - 1 and d <= len(tokens) - T - 1 else s
+
+    plain = TokenLoader(tokens, 64, T, "random", seed=0)
+    loader = TokenLoader(tokens, 64, T, "random", seed=0, align=True, eot=eot)
+    got = [s for k in range(20) for s in loader.starts(k).tolist()]
+    assert got == [expected(s) for k in range(20) for s in plain.starts(k).tolist()]
+    assert 0.2 < np.mean([s in doc_starts for s in got]) < 1  # some aligned; inside the long ones, not
+    x, y = loader.batch_at(3)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_aligned_loader_resumes_exactly_and_ranks_split_one_process():
+    tokens = ShardedTokens([_documents([9, 30, 2, 17] * 20, 999)])
+    make = lambda **kw: TokenLoader(tokens, 4, 16, "random", seed=5, align=True, eot=999, **kw)  # noqa: E731
+    a = make()
+    for _ in range(3):
+        a.next_batch()
+    b = make()
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.next_batch()[0], b.next_batch()[0])
+    single = make()
+    ranks = [make(rank=r, world_size=2) for r in range(2)]
+    for _ in range(4):
+        both = torch.cat([ranks[0].next_batch()[0], ranks[1].next_batch()[0]])
+        assert torch.equal(both, torch.cat([single.next_batch()[0], single.next_batch()[0]]))
+    with pytest.raises(UserError, match="align was True, now False"):
+        TokenLoader(tokens, 4, 16, "random", seed=5).load_state_dict(a.state_dict())
+    old = {k: v for k, v in TokenLoader(tokens, 4, 16, "random", seed=5).state_dict().items() if k != "align"}
+    TokenLoader(tokens, 4, 16, "random", seed=5).load_state_dict(old)  # saved before the key existed: off

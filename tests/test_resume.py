@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from _train_helpers import byte_token_dir, losses, sets, shakespeare_bytes
+from _train_helpers import byte_token_dir, losses, modded_nanogpt_dir, sets, shakespeare_bytes
 
 STEPS = 40
 # Dropout on, so the torch RNG matters; random windows, so the loader cursor matters; warmup and
@@ -23,20 +23,29 @@ def data(tmp_path_factory):
     return byte_token_dir(tmp_path_factory.mktemp("resume") / "data", shakespeare_bytes(300_000))
 
 
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """The same text as four train shards and a val shard of llm.c files, as modded-nanogpt names them."""
+    return modded_nanogpt_dir(tmp_path_factory.mktemp("resume") / "shards", shakespeare_bytes(300_000))
+
+
 def _cmd(data, run, *extra):
     return [sys.executable, "-m", "scratchllm", "train", "--data", str(data), "--out", str(run), "--quiet",
             *ARGS, *extra]
 
 
-# Muon's momentum buffers and warm-up and WSD's stable phase must come back too.
+# Muon's momentum buffers and warm-up and WSD's stable phase must come back too; the second recipe
+# trains on a folder of shards written as modded-nanogpt writes them (windows run across shards).
 RECIPES = {"adamw-cosine": [], "muon-wsd": ["--set", "train.optimizer=muon", "--set", "train.schedule=wsd",
-                                           "--set", "train.muon_momentum_warmup=20"]}
+                                           "--set", "train.muon_momentum_warmup=20", "--set",
+                                           "model.vocab_size=256"]}
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.name == "nt", reason="SIGKILL is POSIX")
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_sigkill_then_resume_equals_uninterrupted(data, tmp_path, cli_env, recipe):
+def test_sigkill_then_resume_equals_uninterrupted(data, shards, tmp_path, cli_env, recipe):
+    data = shards if recipe == "muon-wsd" else data
     full = tmp_path / "full"
     subprocess.run(_cmd(data, full, *RECIPES[recipe]), env=cli_env, check=True, capture_output=True,
                    timeout=300)

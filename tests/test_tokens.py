@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scratchllm.data import tokens as token_format
-from scratchllm.data.tokens import HEADER_BYTES, TokenWriter, read_tokens, write_tokens
+from scratchllm.data.tokens import HEADER_BYTES, ShardedTokens, TokenWriter, read_tokens, write_tokens
 from scratchllm.util import UserError
 
 
@@ -96,20 +96,10 @@ def test_writer_streams_and_appears_only_when_closed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.bin"]
 
 
-def test_move_tail_splits_one_stream(tmp_path):
-    with TokenWriter(tmp_path / "train.bin", "uint32") as train:
-        train.write(np.arange(100))
-        with TokenWriter(tmp_path / "val.bin", "uint32") as val:
-            train.move_tail(60, val, block=7)
-        train.write([1000])
-    assert read_tokens(tmp_path / "train.bin").tolist() == [*range(60), 1000]
-    assert read_tokens(tmp_path / "val.bin").tolist() == list(range(60, 100))
-
-
 def test_token_limit_is_refused_at_the_write_that_passes_it(tmp_path, monkeypatch):
     monkeypatch.setattr(token_format, "MAX_TOKENS", 10)  # 2**31 - 1 really: 4 GiB, too much for a test
     path = tmp_path / "t.bin"
-    with pytest.raises(UserError, match="more than 10 tokens.*split the corpus") as e:
+    with pytest.raises(UserError, match="more than 10 tokens") as e:
         with TokenWriter(path, "uint16") as w:
             w.write(np.arange(10))
             w.write([7])
@@ -117,57 +107,34 @@ def test_token_limit_is_refused_at_the_write_that_passes_it(tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []  # the partial file is gone
 
 
-# --- token folders ------------------------------------------------------------------------------
-
-def _meta(n_train, n_val, vocab=1000, **extra):
-    return {"tokenizer": "test", "vocab_size": vocab, "eot_id": vocab - 1, "token_dtype": "uint16",
-            "source": "test", "train": {"documents": 1, "tokens": n_train, "bytes": n_train},
-            "val": {"documents": 1, "tokens": n_val, "bytes": n_val}, **extra}
-
-
-def _folder(path, train, val, meta=None):
-    path.mkdir(parents=True, exist_ok=True)
-    write_tokens(path / "train.bin", train, dtype="uint16")
-    write_tokens(path / "val.bin", val, dtype="uint16")
-    if meta is not None:
-        token_format.write_meta(path, meta)
-    return path
+def test_writer_records_the_largest_id(tmp_path):
+    with TokenWriter(tmp_path / "t.bin", "uint16") as w:
+        assert w.max_id == -1
+        w.write([5, 900, 3])
+        w.write(np.array([7], dtype=np.uint16))
+    assert w.max_id == 900
 
 
-def test_token_folder_reads_what_was_written_and_sizes_the_model(tmp_path):
-    train, val = list(range(500)), [999, 0, 3]
-    folder = token_format.TokenFolder.open(_folder(tmp_path / "d", train, val, _meta(500, 3)))
-    assert folder.train.tolist() == train and folder.split("val").tolist() == val
-    assert folder.max_ids == {"train": 499, "val": 999} and folder.meta["vocab_size"] == 1000
-    assert folder.model_vocab_size(0) == 1000  # 0: the data's
-    assert folder.model_vocab_size(1024) == 1024  # a larger model vocabulary is fine
-    with pytest.raises(UserError, match="vocabulary of 1,000, larger than model.vocab_size 512"):
-        folder.model_vocab_size(512)
+@pytest.mark.parametrize("sizes", [[5], [3, 4], [1, 1, 1, 7], [0, 4, 0, 3]])
+def test_sharded_tokens_slice_as_one_array(tmp_path, sizes):
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 60000, n).astype(np.uint16) for n in sizes]
+    paths = [tmp_path / f"s{i}.bin" for i in range(len(parts))]
+    for path, part in zip(paths, parts, strict=True):
+        write_tokens(path, part, dtype="uint16")
+    whole = np.concatenate(parts)
+    tokens = ShardedTokens([read_tokens(p) for p in paths])
+    assert len(tokens) == len(whole) and tokens.dtype == np.uint16
+    for a in range(len(whole) + 1):
+        for b in range(a, len(whole) + 2):
+            assert tokens[a:b].tolist() == whole[a:b].tolist()
+    assert np.asarray(tokens).tolist() == whole.tolist() == tokens.tolist()
+    assert tokens[-3:].tolist() == whole[-3:].tolist()
 
 
-def test_token_folder_without_meta_checks_ids_against_the_model(tmp_path):
-    folder = token_format.TokenFolder.open(_folder(tmp_path / "d", [1, 2, 60000], [4]))
-    assert folder.meta == {} and folder.max_ids == {"train": 60000, "val": 4}
-    assert folder.model_vocab_size(65536) == 65536
-    with pytest.raises(UserError, match=r"train.bin: token ids reach 60000, beyond model.vocab_size 50,257"):
-        folder.model_vocab_size(0)  # 0 without meta.json: GPT-2's 50,257, what llm.c shards hold
-    assert token_format.TokenFolder.open(_folder(tmp_path / "e", [1, 2], [4])).model_vocab_size(0) == 50257
-    with pytest.raises(UserError, match="no meta.json"):
-        token_format.TokenFolder.open(tmp_path / "d", require_meta=True)
-
-
-@pytest.mark.parametrize("change, words", [
-    ({"token_dtype": "uint32"}, "holds uint16 tokens but meta.json says uint32"),
-    ({"train": {"documents": 1, "tokens": 7, "bytes": 7}}, "holds 5 tokens but meta.json says 7"),
-    ({"vocab_size": 4, "eot_id": 3}, "token id 4 at position 4 is outside the vocabulary of 4"),
-])
-def test_token_folder_refuses_files_that_disagree_with_meta(tmp_path, change, words):
-    path = _folder(tmp_path / "d", [0, 1, 2, 3, 4], [0], _meta(5, 1, **change))
-    with pytest.raises(UserError, match=words):
-        token_format.TokenFolder.open(path)
-
-
-def test_write_meta_checks_before_it_writes(tmp_path):
-    with pytest.raises(UserError, match='field "val.tokens" must be a non-negative integer, not null'):
-        token_format.write_meta(tmp_path, _meta(5, None))
-    assert list(tmp_path.iterdir()) == []
+def test_sharded_tokens_refuse_mixed_widths_and_steps(tmp_path):
+    with pytest.raises(ValueError, match="share a dtype"):
+        ShardedTokens([np.zeros(3, np.uint16), np.zeros(3, np.uint32)])
+    with pytest.raises(ValueError, match="step 1"):
+        ShardedTokens([np.arange(9, dtype=np.uint16)])[::2]
+    assert len(ShardedTokens([])) == 0 and ShardedTokens([])[0:5].tolist() == []

@@ -77,13 +77,18 @@ def cmd_tokenizer_train(args) -> int:
 
 def cmd_tokenize(args) -> int:
     from scratchllm.data.tokenize import tokenize_to_dir
+    from scratchllm.util import parse_size
 
+    min_free = parse_size(args.min_free) if args.min_free is not None else None
     meta = tokenize_to_dir(_tokenizer_input(args), args.tokenizer, args.out, val_docs=args.val_docs,
-                           val_fraction=args.val_fraction, workers=args.workers, quiet=args.quiet)
+                           val_fraction=args.val_fraction, workers=args.workers, quiet=args.quiet,
+                           shard_tokens=args.shard_tokens, min_free=min_free)
     if not args.quiet:
         tr, va = meta["train"], meta["val"]
-        print(f"train.bin: {tr['tokens']:,} tokens from {tr['documents']:,} documents; "
-              f"val.bin: {va['tokens']:,} tokens from {va['documents']:,} documents; "
+        shards = {s: sum(e["split"] == s for e in meta["shards"]) for s in ("train", "val")}
+        print(f"train: {tr['tokens']:,} tokens from {tr['documents']:,} documents in {shards['train']} "
+              f"shard(s); val: {va['tokens']:,} tokens from {va['documents']:,} documents in "
+              f"{shards['val']}; "
               f"{(tr['bytes'] + va['bytes']) / max(1, tr['tokens'] + va['tokens']):.2f} bytes/token "
               f"({meta['tokenizer']}, {meta['seconds']:.1f} s) -> {args.out}")
     return 0
@@ -124,7 +129,8 @@ def cmd_train(args) -> int:
 
     cfg = run_config(args.out, args.resume, args.preset, args.config, args.set, args.max_steps,
                      args.max_minutes)
-    summary = train(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet)
+    summary = train(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet, verify=args.verify,
+                    tokenizer=args.tokenizer)
     if summary is not None and _is_main_rank():
         val = f", val loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else ""
         bpb = f", {summary['val_bpb']:.3f} bits/byte" if "val_bpb" in summary else ""
@@ -285,15 +291,20 @@ def _data_commands(add, group) -> None:
     p.add_argument("--max-bytes", default=None, help="learn from at most this much text")
     p.add_argument("--workers", type=int, default=None, help="processes counting chunks (default: cores)")
 
-    p = add("tokenize", cmd_tokenize, "encode documents into train.bin and val.bin")
+    p = add("tokenize", cmd_tokenize, "encode documents into train and val token shards (resumable)")
     _corpus_arguments(p)
     p.add_argument("--tokenizer", required=True,
                    help="a tokenizer folder, or a pretrained name: gpt2, cl100k_base, o200k_base")
-    p.add_argument("--out", required=True, help="folder for train.bin, val.bin, meta.json, tokenizer.json")
+    p.add_argument("--out", required=True, help="folder for the shards, meta.json and tokenizer.json")
     split = p.add_mutually_exclusive_group()
-    split.add_argument("--val-docs", type=int, default=None, help="last N documents go to val.bin")
+    split.add_argument("--val-docs", type=int, default=None,
+                       help="hold out the last N documents (the first N of a stream of unknown length)")
     split.add_argument("--val-fraction", type=float, default=None,
-                       help="this fraction of documents (from the end) goes to val.bin")
+                       help="hold out this fraction of the documents, from the end")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000,
+                   help="tokens per shard at most (default: 100,000,000, as llm.c shards FineWeb)")
+    p.add_argument("--min-free", default=None,
+                   help="disk space to leave free (default: 1GB or 5%% of the disk)")
     p.add_argument("--workers", type=int, default=None, help="encoding processes (default: cores)")
 
 
@@ -313,7 +324,12 @@ def _run_commands(add, group) -> None:
                    help="override a model field, e.g. --set model.n_layer=2")
 
     p = add("train", cmd_train, "train a GPT on token files")
-    p.add_argument("--data", required=True, help="folder with train.bin, val.bin, meta.json")
+    p.add_argument("--data", required=True,
+                   help="a token folder (from `scratchllm tokenize`, or llm.c / modded-nanogpt shards)")
+    p.add_argument("--verify", action="store_true",
+                   help="check every token id and shard hash first, whatever meta.json records")
+    p.add_argument("--tokenizer", default=None,
+                   help="the tokenizer of a folder without meta.json (llm.c / modded-nanogpt shards: gpt2)")
     p.add_argument("--out", required=True, help="run folder (runs/NAME)")
     p.add_argument("--preset", default=None, help=f"{presets} (default: {DEFAULT_PRESET})")
     p.add_argument("--config", default=None, help="a TOML config file")

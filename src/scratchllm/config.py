@@ -126,6 +126,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | wsd (warm-up, stable, linear decay over cooldown_frac)
     cooldown_frac: float = 0.4
     order: str = "random"  # random windows, or sequential non-overlapping epochs
+    align: bool = False  # random windows start at a document's first token where one begins within reach
     eval_every: int = 200
     eval_batches: int = 20
     eval_tasks: list[str] = field(default_factory=list)  # downstream tasks: hellaswag, bigbench:NAME, core
@@ -157,6 +158,9 @@ class TrainConfig:
                 raise UserError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.seed < 2**32:
             raise UserError(f"train.seed must be in [0, 2**32), got {self.seed}")
+        if self.align and self.order != "random":
+            raise UserError("train.align moves random windows to document starts: it needs "
+                            "train.order=random")
         if not 0 < self.cooldown_frac <= 1:
             raise UserError(f"train.cooldown_frac must be in (0, 1], got {self.cooldown_frac}")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr and self.muon_lr > 0):

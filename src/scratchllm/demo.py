@@ -1,7 +1,7 @@
 """`scratchllm demo`: the four stages on the complete works of Shakespeare, in minutes on a laptop CPU.
 
 1. data: download the corpus into shards, learn a 4,096-token BPE on the training texts, write
-   train.bin and val.bin (validation = the last three plays, whole);
+   the token folder (validation = the last three plays, whole);
 2. attention: the library's `MultiHeadAttention` is run both ways, its explicit path (scores,
    causal mask, softmax, weighted sum) against the fused `scaled_dot_product_attention` path;
 3. architecture: a GPT in the speedruns' recipe (`tiny-modern`), the largest of DEMO_MODELS whose
@@ -80,7 +80,7 @@ def plan_training(cfg, rate: float, minutes: float, val_tokens: int):
     from scratchllm.train.loader import val_batch_count
 
     # The schedule ends where the budget does (max_minutes stops it if the machine turns out slower),
-    # less the five evaluations over the whole of val.bin: a forward pass costs about a third of a
+    # less the five evaluations over the whole validation split: a forward pass costs about a third of a
     # training step. Samples and checkpoints take a few percent more.
     val_batches = val_batch_count(val_tokens, cfg.train.batch_size, cfg.model.block_size)
     steps = max(20, int(0.95 * rate * minutes * 60 - 5 * val_batches / 3))
@@ -107,7 +107,7 @@ def _attention_check() -> str:
 def prepare_data(source: str, out: Path, val_docs: int, vocab_size: int = VOCAB_SIZE, quiet: bool = False,
                  log=_say):
     """Stage 1 into `out`: raw/ shards, a BPE learned on all but the last `val_docs` documents in
-    tokenizer/, and tokens/ with those documents as val.bin; returns the tokenizer."""
+    tokenizer/, and the token folder tokens/ with those documents held out; returns the tokenizer."""
     from scratchllm.data.download import download, iter_downloaded
     from scratchllm.data.sources import open_source
     from scratchllm.data.tokenize import tokenize_to_dir, train_tokenizer
@@ -118,7 +118,7 @@ def prepare_data(source: str, out: Path, val_docs: int, vocab_size: int = VOCAB_
     train_docs, held_out = docs[:-val_docs], docs[-val_docs:]
     tok = train_tokenizer([d.text for d in train_docs], vocab_size, tok_dir, quiet=quiet)
     log(f"learned a {tok.vocab_size:,}-token BPE on {len(train_docs)} texts -> {tok_dir / 'tokenizer.json'}")
-    meta = tokenize_to_dir(docs, tok, data_dir, val_docs=val_docs, quiet=quiet)
+    meta = tokenize_to_dir(raw, tok, data_dir, val_docs=val_docs, quiet=quiet, log=log)
     names = ", ".join(d.id for d in held_out[:3]) + (", ..." if len(held_out) > 3 else "")
     log(f"tokens -> {data_dir}: train {meta['train']['tokens']:,}, val {meta['val']['tokens']:,} ({names})")
     return tok
@@ -130,7 +130,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     import torch
 
     from scratchllm.config import build_config
-    from scratchllm.data.tokens import read_tokens
+    from scratchllm.data.folder import TokenFolder
     from scratchllm.model.gpt import GPT
     from scratchllm.train.distributed import pick_device
     from scratchllm.train.precision import resolve
@@ -153,7 +153,8 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     _say(_attention_check())
 
     _say("== stage 3: architecture ==")
-    cfg, rate = choose_model(tok.vocab_size, read_tokens(data_dir / "train.bin"), minutes, sets)
+    tokens = TokenFolder.open(data_dir)
+    cfg, rate = choose_model(tok.vocab_size, tokens.train, minutes, sets)
     model = GPT(cfg.model)
     _say(f"GPT: {cfg.model.n_layer} layers, {cfg.model.n_head} heads, {cfg.model.n_embd} wide, context "
          f"{cfg.model.block_size}; {model.num_params() / 1e6:.2f}M parameters, "
@@ -163,7 +164,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
 
     _say("== stage 4: training ==")
     precision = resolve(cfg.train.dtype, pick_device(cfg.train.device))
-    cfg = plan_training(cfg, rate, minutes, len(read_tokens(data_dir / "val.bin")))
+    cfg = plan_training(cfg, rate, minutes, len(tokens.val))
     _say(f"{rate:.2f} steps/s measured here: {cfg.train.max_steps} steps of {cfg.train.batch_size} x "
          f"{cfg.model.block_size} tokens with {cfg.train.optimizer} in {precision.dtype} "
          f"({precision.reason}) fit {minutes:g} minutes")

@@ -97,14 +97,17 @@ def read_shard(folder: str | Path, entry: dict, columns: list[str] | None = None
             index += 1
 
 
-def iter_downloaded(folder: str | Path) -> Iterator[Document]:
-    """Every document of a `download` output folder, shard by shard, in source order."""
+def iter_downloaded(folder: str | Path, start: int = 0) -> Iterator[Document]:
+    """Every document of a `download` output folder from index `start` on, shard by shard, in source
+    order (the shards before `start` are not read)."""
     manifest = read_manifest(folder)
     if not manifest.get("complete"):
         print(f"note: {folder} is an unfinished download ({manifest.get('docs', 0):,} documents so far); "
               "using what is there", file=sys.stderr)
     for entry in manifest["shards"]:
-        yield from read_shard(folder, entry)
+        if entry["last_doc"] >= start:
+            docs = read_shard(folder, entry)
+            yield from (d for d in docs if d.index >= start) if entry["first_doc"] < start else docs
 
 
 def shard_schema(source: Source, keep_columns: list[str]):

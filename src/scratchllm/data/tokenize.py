@@ -2,53 +2,58 @@
 
 A corpus is a source spec, a `download` folder, a Source, or any iterable of documents or strings.
 
-`tokenize_to_dir` writes train.bin, val.bin and meta.json: parallel encoding, source order kept,
-memory bounded, atomic output.
+`tokenize_to_dir` writes the token folder that `folder.py` describes: shards of at most
+`shard_tokens` tokens (100M by default, as llm.c and modded-nanogpt shard FineWeb), each ending at a
+document boundary, listed in meta.json as each is completed, so a killed run resumes after its last
+whole shard (`shard_writer.py`). Every document is followed by the EOT id.
 
 The documents stream through once. The main process groups them into batches of about 1 MB of
 text and hands the batches to worker processes; at most a few batches per worker are in flight,
-so memory stays flat whatever the corpus size (beyond 16 bytes of counts per document), and results
-are written in submission order, so the token stream follows source order. Every document is
-followed by the EOT id.
+so memory stays flat whatever the corpus size, and results are written in submission order, so the
+token stream follows source order.
 
-Validation is the last documents in source order, whole (never overlapping windows, which would
-leak training text into validation). For a stream of unknown length the split point is only known
-at the end, so every token first goes to train.bin's temporary file, and the tail that belongs to
-the validation documents is then moved into val.bin.
-
-Atomicity: meta.json is removed first and written last; train.bin and val.bin each appear by
-rename. A folder with a meta.json is complete; a killed run leaves no meta.json.
+Validation is whole documents (never overlapping windows, which would leak training text into
+validation), chosen before anything is written (`plan_split`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import itertools
 import time
-from array import array
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from scratchllm.data.download import iter_downloaded, read_manifest
-from scratchllm.data.sources import DEFAULT_VAL_DOCS, open_source
-from scratchllm.data.tokens import TokenWriter, dtype_for_vocab, read_meta, write_meta
+from scratchllm.data.download import default_min_free, iter_downloaded, read_manifest
+from scratchllm.data.folder import read_meta
+from scratchllm.data.shard_writer import ShardWriter, SplitPlan
+from scratchllm.data.sources import DEFAULT_VAL_DOCS, Source, open_source
+from scratchllm.data.tokens import MAX_TOKENS, dtype_for_vocab
 from scratchllm.tokenizer.encoding import Tokenizer, load_tokenizer, train_bpe
 from scratchllm.tokenizer.parallel import default_workers, ordered_map
-from scratchllm.util import UserError, remove_stale_temps
+from scratchllm.util import UserError, disk_free, folder_lock, remove_stale_temps
 
 BATCH_BYTES = 1 << 20
 DEFAULT_VAL_FRACTION = 0.01  # of the documents, for a source without its own split
+DEFAULT_SHARD_TOKENS = 100_000_000
 
 
-def iter_documents(source):
-    """Documents from a spec (None = shakespeare), a `download` folder (a Path), a Source or an iterable."""
+def iter_documents(source, start: int = 0):
+    """Documents from index `start` on of a spec (None = shakespeare), a `download` folder (a Path), a
+    Source or an iterable."""
     if source is None:
         source = "shakespeare"
     if isinstance(source, str):
-        return iter(open_source(source))
+        return open_source(source).documents(start)
     if isinstance(source, Path):
-        return iter_downloaded(source)
-    return iter(source)
+        return iter_downloaded(source, start)
+    if isinstance(source, Source):
+        return source.documents(start)
+    return itertools.islice(iter(source), start, None)
 
 
 def iter_texts(source):
@@ -126,51 +131,21 @@ def encode_stream(tok: Tokenizer, docs, dtype, workers: int = 1, batch_bytes: in
 # --- the whole stage -----------------------------------------------------------------------------
 
 
-def _val_count(n_docs: int, val_docs: int | None, val_fraction: float) -> int:
-    if val_docs is None:
-        val_docs = max(1, round(n_docs * val_fraction))
-    if n_docs < 2 and val_docs > 0:
-        raise UserError(f"the source has {n_docs} document(s): a train/val split by whole documents "
-                        "needs at least 2")
-    if val_docs >= n_docs:
-        raise UserError(f"{val_docs} validation documents leave none for training (the source has {n_docs})")
-    return val_docs
+def count_documents(source) -> int | None:
+    """How many documents `source` holds, when that can be known before encoding it (None for a stream)."""
+    if source is None or isinstance(source, str):
+        source = open_source(source or "shakespeare")
+    if isinstance(source, Path):
+        return int(read_manifest(source)["docs"])
+    if isinstance(source, Source):
+        return source.count()
+    return len(source) if isinstance(source, Sized) else None
 
 
-class _Progress:
-    """A tqdm bar in bytes with a tokens/s note, shown from the first result on (so a source that
-    cannot be read fails with its one-line error and nothing else)."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.bar: Any = None  # a tqdm bar, imported only when one is shown
-
-    def update(self, n_bytes: int, tokens_per_s: float) -> None:
-        if self.quiet:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(desc="tokenize", unit="B", unit_scale=True, unit_divisor=1000, dynamic_ncols=True)
-        self.bar.set_postfix_str(f"{tokens_per_s / 1e6:.2f}M tok/s", refresh=False)
-        self.bar.update(n_bytes)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
-def _split_rule(source, val_docs: int | None, val_fraction: float | None) -> tuple[int | None, float]:
-    """(val_docs, val_fraction), checked; the fraction counts only without val_docs. Given neither, the
-    source's own split or 1%."""
+def plan_split(source, val_docs: int | None, val_fraction: float | None) -> SplitPlan:
+    """Which documents are held out, decided before any is encoded: the last `val_docs` (or fraction) of a
+    source whose documents can be counted first; of a stream of unknown length, its first `val_docs`.
+    Given neither, a source with its own split keeps it (shakespeare: the last 3 plays), others 1%."""
     if val_docs is not None and val_fraction is not None:
         raise UserError("give --val-docs or --val-fraction, not both")
     if val_docs is not None and val_docs < 0:
@@ -179,7 +154,47 @@ def _split_rule(source, val_docs: int | None, val_fraction: float | None) -> tup
         raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     if val_docs is None and val_fraction is None:
         val_docs = DEFAULT_VAL_DOCS.get(base_spec(source))
-    return val_docs, DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+    n_docs = count_documents(source)
+    if n_docs is None:
+        if val_docs is None:
+            raise UserError("this source's documents cannot be counted before reading it (a stream): give "
+                            "--val-docs N to hold out its first N documents, or download it first")
+        return SplitPlan(val_docs, "first", None)
+    if val_docs is None:
+        val_docs = max(1, round(n_docs * (val_fraction or DEFAULT_VAL_FRACTION)))
+    if n_docs < 2 and val_docs > 0:
+        raise UserError(f"the source has {n_docs} document(s): a train/val split by whole documents "
+                        "needs at least 2")
+    if val_docs >= n_docs:
+        raise UserError(f"{val_docs} validation documents leave none for training (the source has {n_docs})")
+    return SplitPlan(val_docs, "last", n_docs)
+
+
+class _Progress:
+    """A tqdm bar of text bytes (MB/s, and an ETA when the total is known) with tokens and shards, shown
+    from the first result on (so a source that cannot be read fails with its one-line error alone)."""
+
+    def __init__(self, quiet: bool, total: int | None, done: int):
+        self.quiet, self.total, self.done = quiet, total, done
+        self.bar: Any = None  # a tqdm bar, imported only when one is shown
+
+    def update(self, n_bytes: int, writer: ShardWriter, tokens_per_s: float) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc="tokenize", total=self.total, initial=self.done, unit="B", unit_scale=True,
+                            unit_divisor=1000, dynamic_ncols=True, smoothing=0.05)
+        tokens = sum(writer.meta[s]["tokens"] for s in ("train", "val"))
+        self.bar.set_postfix_str(f"{tokens / 1e6:,.0f}M tokens, {len(writer.shards)} shards, "
+                                 f"{tokens_per_s / 1e6:.2f}M tok/s", refresh=False)
+        self.bar.update(n_bytes)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _check_workers(workers: int | None) -> int:
@@ -189,59 +204,71 @@ def _check_workers(workers: int | None) -> int:
     return workers
 
 
+def _total_bytes(source) -> int | None:
+    """The text bytes of the whole source, when known in advance (a download folder's), for the ETA."""
+    return int(read_manifest(source)["bytes"]) if isinstance(source, Path) else None
+
+
+def _encode_into(writer: ShardWriter, source, tok: Tokenizer, workers: int, batch_bytes: int,
+                 quiet: bool) -> None:
+    """Encode the documents from `writer.next_doc` on and append them, shard by shard."""
+    first = writer.next_doc
+    progress = _Progress(quiet, _total_bytes(source), sum(e["bytes"] for e in writer.shards))
+    start, done_tokens = time.perf_counter(), 0
+    docs = iter_documents(source, first)
+    try:
+        with contextlib.closing(docs) if hasattr(docs, "close") else contextlib.nullcontext():
+            for tokens, n_tokens, n_bytes in encode_stream(tok, docs, writer.dtype, workers, batch_bytes):
+                writer.add(first, tokens, n_tokens, n_bytes)
+                first += len(n_tokens)
+                done_tokens += len(tokens)
+                progress.update(int(n_bytes.sum()), writer, done_tokens / (time.perf_counter() - start))
+    except OSError as e:
+        writer.abort()
+        raise writer.write_error(e) from e
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        progress.close()
+
+
 def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
                     val_fraction: float | None = None, workers: int | None = None, quiet: bool = False,
-                    batch_bytes: int = BATCH_BYTES) -> dict:
-    """Encode `source` into out_dir/train.bin, val.bin and meta.json; return the meta dict.
+                    batch_bytes: int = BATCH_BYTES, shard_tokens: int = DEFAULT_SHARD_TOKENS,
+                    min_free: int | None = None, free_space=disk_free, log=print) -> dict:
+    """Encode `source` into a token folder (out_dir/train_000000.bin, ..., meta.json); return meta.json's
+    content. Run again after an interruption, it continues after the last complete shard.
 
-    `tokenizer` is a Tokenizer, a folder or a pretrained name. Without a split, a source with its
-    own (shakespeare, or a download of it: the last 3 plays) keeps that for validation, other sources
-    their last 1% of documents (at least one).
+    `tokenizer` is a Tokenizer, a folder or a pretrained name; the split is `plan_split`'s. A folder
+    holding tokens of another source, tokenizer or split is refused.
     """
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
-    val_docs, val_fraction = _split_rule(source, val_docs, val_fraction)
     workers = _check_workers(workers)
+    if not 0 < shard_tokens <= MAX_TOKENS:
+        raise UserError(f"--shard-tokens must be between 1 and {MAX_TOKENS:,}, got {shard_tokens:,}")
+    plan = plan_split(source, val_docs, val_fraction)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)  # a killed run's token files, each as large as the output
-    dtype = dtype_for_vocab(tok.vocab_size)
-    doc_tokens, doc_bytes = array("q"), array("q")  # 16 bytes per document, not per token
-
+    identity = {"source": describe_source(source), "tokenizer": tok.pretrained_name or "tokenizer.json",
+                "tokenizer_sha256": tok.sha256(), "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
+                "token_dtype": dtype_for_vocab(tok.vocab_size).name, "shard_tokens": shard_tokens,
+                "split": dataclasses.asdict(plan)}
     start = time.perf_counter()
-    with TokenWriter(out / "train.bin", dtype) as train, _Progress(quiet) as progress:
-        stream = encode_stream(tok, iter_documents(source), dtype, workers, batch_bytes)
-        for tokens, n_tokens, n_bytes in stream:
-            train.write(tokens)
-            doc_tokens.extend(n_tokens)
-            doc_bytes.extend(n_bytes)
-            progress.update(int(n_bytes.sum()), train.n_tokens / (time.perf_counter() - start))
-        progress.close()
-        n_train = len(doc_tokens) - _val_count(len(doc_tokens), val_docs, val_fraction)
-        keep = int(np.sum(doc_tokens[:n_train], dtype=np.int64)) if n_train else 0
-        with TokenWriter(out / "val.bin", dtype) as val:
-            train.move_tail(keep, val)
-            # meta.json is written last and means "complete". Until here a failed run has touched
-            # nothing, so an earlier complete output stays usable; from here its files get replaced.
-            (out / "meta.json").unlink(missing_ok=True)
-
-    if tok.pretrained_name:
-        name = tok.pretrained_name
-    else:
-        tok.save(out)
-        name = "tokenizer.json"
-    tokens = np.frombuffer(doc_tokens, dtype=np.int64)
-    nbytes = np.frombuffer(doc_bytes, dtype=np.int64)
-
-    def counts(part: slice) -> dict:
-        return {"documents": len(tokens[part]), "tokens": int(tokens[part].sum()),
-                "bytes": int(nbytes[part].sum())}
-
-    return write_meta(out, {
-        "tokenizer": name, "tokenizer_sha256": tok.sha256(), "vocab_size": tok.vocab_size,
-        "eot_id": tok.eot_id, "token_dtype": dtype.name, "source": describe_source(source),
-        "train": counts(slice(None, n_train)), "val": counts(slice(n_train, None)),
-        "seconds": round(time.perf_counter() - start, 3),
-    })
+    with folder_lock(out, "tokenize"):
+        remove_stale_temps(out)  # a killed run's shard, as large as a shard
+        writer = ShardWriter(out, identity, plan, default_min_free(out) if min_free is None else min_free,
+                             free_space)
+        if writer.meta["complete"]:
+            log(f"{out} already holds these tokens, complete: {len(writer.shards)} shards; nothing to do")
+            return writer.meta
+        if not tok.pretrained_name:
+            tok.save(out)  # before any shard: meta.json names it
+        writer.clear()
+        if writer.shards:
+            log(f"resuming {out}: {writer.saved()[len('Saved so far: '):]}; continuing at document "
+                f"{writer.next_doc:,}")
+        _encode_into(writer, source, tok, workers, batch_bytes, quiet)
+        return writer.finish(time.perf_counter() - start)
 
 
 def load_tokenizer_for_data(folder: str | Path) -> Tokenizer:

@@ -6,21 +6,18 @@ shards); uint32 tokens, needed once the vocabulary passes 65,536, use magic 2024
 The tokens follow immediately, little-endian, with nothing after them, so the file size alone says
 whether a file was cut short.
 
-A token folder holds train.bin, val.bin and meta.json (tokenizer, vocabulary, end-of-text id,
-documents, tokens and UTF-8 bytes of each split, source). `TokenFolder` opens one and checks the three
-together; `write_meta` is the one writer of meta.json.
+One file holds at most 2**31 - 1 tokens (the header's count is an int32), so a large corpus is a
+folder of shards (see `folder.py`); `ShardedTokens` reads a list of shards as one array.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from scratchllm.util import UserError, atomic_path, atomic_write_json, one_line
+from scratchllm.util import UserError, atomic_path
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -67,6 +64,7 @@ class TokenWriter:
         self.dtype = _as_dtype(dtype)
         self._limit = np.iinfo(self.dtype).max
         self.n_tokens = 0
+        self.max_id = -1  # the largest id written, -1 while there is none
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(atomic_path(self.path))
         self._file = self._stack.enter_context(open(tmp, "wb"))
@@ -77,37 +75,21 @@ class TokenWriter:
         arr = np.asarray(tokens)
         if arr.size == 0:
             return
+        if arr.dtype.kind not in "iu":
+            raise ValueError(f"token ids must be integers, got {arr.dtype}")
+        hi = int(arr.max())
         if arr.dtype != self.dtype:
-            if arr.dtype.kind not in "iu":
-                raise ValueError(f"token ids must be integers, got {arr.dtype}")
-            lo, hi = int(arr.min()), int(arr.max())
+            lo = int(arr.min())
             if lo < 0 or hi > self._limit:
                 raise ValueError(f"token id {hi if hi > self._limit else lo} does not fit {self.dtype.name}")
             arr = arr.astype(self.dtype)
         if self.n_tokens + arr.size > MAX_TOKENS:
             # Said now, not when the file is closed hours later.
             raise UserError(f"{self.path.name}: more than {MAX_TOKENS:,} tokens, the most one llm.c token "
-                            "file can hold; split the corpus (e.g. a smaller download --target, or "
-                            "tokenize part of it with --data)")
+                            "file can hold")
         self._file.write(np.ascontiguousarray(arr.ravel()).tobytes())
         self.n_tokens += arr.size
-
-    def move_tail(self, keep: int, other: TokenWriter, block: int = 1 << 24) -> None:
-        """Move every token after the first `keep` into `other` (in blocks), leaving `keep` here.
-
-        This is how a validation split made of the last documents is cut from one streamed file.
-        """
-        if not 0 <= keep <= self.n_tokens:
-            raise ValueError(f"cannot keep {keep} of {self.n_tokens} tokens")
-        size = self.dtype.itemsize
-        self._file.flush()
-        with open(self._file.name, "rb") as src:
-            src.seek(HEADER_BYTES + keep * size)
-            while chunk := src.read(block * size):
-                other.write(np.frombuffer(chunk, dtype=self.dtype))
-        self._file.seek(HEADER_BYTES + keep * size)
-        self._file.truncate()
-        self.n_tokens = keep
+        self.max_id = max(self.max_id, hi)
 
     def close(self) -> None:
         """Write the header with the final count and move the file into place."""
@@ -200,142 +182,46 @@ def check_range(tokens: np.ndarray, vocab_size: int, name: str | Path = "tokens"
                             f"the vocabulary of {vocab_size:,}")
 
 
-# --- the token folder ------------------------------------------------------------------------------
+class ShardedTokens:
+    """Token shards read as one 1-D array: `len()` and slices, reading only what a slice covers.
 
-META = "meta.json"
-SPLITS = ("train", "val")
-# Folders of llm.c or modded-nanogpt shards have no meta.json; their tokens are GPT-2's.
-DEFAULT_VOCAB = 50257
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-# Field -> (required, test, what the test wants); the two splits are checked apart.
-_META_FIELDS = {
-    "tokenizer": (True, lambda v: isinstance(v, str) and bool(v), "a tokenizer name or file"),
-    "vocab_size": (True, lambda v: _is_count(v) and v > 0, "a positive integer"),
-    "eot_id": (True, _is_count, "a non-negative integer"),
-    "tokenizer_sha256": (False, lambda v: isinstance(v, str), "a string"),
-    "token_dtype": (False, lambda v: v in ("uint16", "uint32"), '"uint16" or "uint32"'),
-    "source": (False, lambda v: isinstance(v, str), "a string"),
-    "seconds": (False, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
-}
-_SPLIT_FIELDS = ("documents", "tokens", "bytes")
-
-
-def _shown(value) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def check_meta(meta, path: str | Path) -> dict:
-    """`meta` if it has the shape of meta.json, else a UserError naming `path` and the field."""
-    if not isinstance(meta, dict):
-        raise UserError(f"{path}: must hold a JSON object, not {_shown(meta)}")
-    for key, (required, test, want) in _META_FIELDS.items():
-        if key not in meta:
-            if required:
-                raise UserError(f'{path}: no "{key}" field')
-        elif not test(meta[key]):
-            raise UserError(f'{path}: field "{key}" must be {want}, not {_shown(meta[key])}')
-    for split in SPLITS:
-        counts = meta.get(split)
-        if not isinstance(counts, dict):
-            raise UserError(f'{path}: field "{split}" must be an object with {", ".join(_SPLIT_FIELDS)}, '
-                            f"not {_shown(counts)}")
-        for key in _SPLIT_FIELDS:
-            if not _is_count(counts.get(key)):
-                raise UserError(f'{path}: field "{split}.{key}" must be a non-negative integer, '
-                                f"not {_shown(counts.get(key))}")
-    if meta["eot_id"] >= meta["vocab_size"]:
-        raise UserError(f'{path}: field "eot_id" ({meta["eot_id"]}) must be below vocab_size '
-                        f'({meta["vocab_size"]})')
-    return meta
-
-
-def read_meta(folder: str | Path) -> dict:
-    """meta.json of a token folder, checked (UserError if it is missing, unreadable or malformed)."""
-    path = Path(folder) / META
-    if not path.is_file():
-        raise UserError(f"{folder}: not a complete token folder (no meta.json); run `scratchllm tokenize`")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:  # also undecodable bytes: UnicodeDecodeError is a ValueError
-        raise UserError(f"{path}: not valid JSON: {one_line(e)}") from None
-    return check_meta(meta, path)
-
-
-def write_meta(folder: str | Path, meta: dict) -> dict:
-    """Check `meta` as `read_meta` does and write it as folder/meta.json, atomically; return it."""
-    path = Path(folder) / META
-    atomic_write_json(path, check_meta(meta, path))
-    return meta
-
-
-@dataclass(frozen=True, eq=False)
-class TokenFolder:
-    """A token folder, opened and checked: train.bin and val.bin memory-mapped, meta.json read.
-
-    `open` refuses a folder whose token files are not whole, whose counts or widths differ from
-    meta.json's or whose ids reach past meta.json's vocabulary. A folder of llm.c or modded-nanogpt
-    shards has no meta.json; its ids are checked against the model's vocabulary (`model_vocab_size`).
-    Every id is read at each opening (in blocks of 16M tokens: seconds for gigabytes, from the page
-    cache faster still), so nothing is cached and opening never writes to the folder.
+    The training loader and the evaluation take windows by slicing; a window that runs over the end
+    of one shard continues in the next, as it would in one long file, so a folder of many shards
+    trains exactly as one file holding the same tokens. Memory holds one memory map per shard.
     """
 
-    path: Path
-    meta: dict  # {} for a folder without meta.json
-    train: np.ndarray
-    val: np.ndarray
-    max_ids: dict[str, int]  # the largest id of each split, -1 for an empty one
+    def __init__(self, shards: list[np.ndarray], dtype=None):
+        self.shards = [s for s in shards if len(s)]
+        dtypes = {np.dtype(s.dtype) for s in shards} | ({np.dtype(dtype)} if dtype is not None else set())
+        if len(dtypes) > 1:
+            raise ValueError(f"shards of one split must share a dtype, got {sorted(d.name for d in dtypes)}")
+        self.dtype = dtypes.pop() if dtypes else np.dtype("<u2")
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards], dtype=np.int64)
 
-    @classmethod
-    def open(cls, path: str | Path, require_meta: bool = False) -> TokenFolder:
-        """Open and check the folder (meta.json may be absent unless `require_meta`)."""
-        path = Path(path)
-        if not path.is_dir():
-            raise UserError(f"{path}: no such data folder (make one with `scratchllm tokenize`)")
-        meta = read_meta(path) if require_meta or (path / META).is_file() else {}
-        splits, max_ids = {}, {}
-        for name in SPLITS:
-            file = path / f"{name}.bin"
-            splits[name] = tokens = read_tokens(file)
-            if meta and len(tokens) != meta[name]["tokens"]:
-                raise UserError(f"{file}: holds {len(tokens):,} tokens but meta.json says "
-                                f"{meta[name]['tokens']:,}")
-            if meta.get("token_dtype", tokens.dtype.name) != tokens.dtype.name:
-                raise UserError(f"{file}: holds {tokens.dtype.name} tokens but meta.json says "
-                                f"{meta['token_dtype']}")
-            max_ids[name] = max_id(tokens)
-            if meta and max_ids[name] >= meta["vocab_size"]:
-                check_range(tokens, meta["vocab_size"], file)  # raises, naming the first such id
-        return cls(path, meta, splits["train"], splits["val"], max_ids)
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
 
-    def split(self, name: str) -> np.ndarray:
-        """The tokens of split `name` ('train' or 'val')."""
-        if name not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, not {name!r}")
-        return self.train if name == "train" else self.val
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("ShardedTokens takes slices, e.g. tokens[start:stop]")
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise ValueError("ShardedTokens slices have step 1")
+        if start >= stop:
+            return np.zeros(0, self.dtype)
+        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        pieces = []
+        while start < stop:
+            first = int(self.offsets[i])
+            pieces.append(self.shards[i][start - first : stop - first])
+            start = first + len(self.shards[i])
+            i += 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
-    def model_vocab_size(self, requested: int) -> int:
-        """The vocabulary of a model for these tokens: `requested`, or for 0 the data's (meta.json's, or
-        GPT-2's 50,257 without one); UserError if the tokens do not fit it."""
-        if self.meta:
-            vocab = self.meta["vocab_size"]
-            if requested and vocab > requested:
-                raise UserError(f"{self.path}: the tokens use a vocabulary of {vocab:,}, larger than "
-                                f"model.vocab_size {requested:,}")
-            return requested or vocab
-        vocab = requested or DEFAULT_VOCAB
-        for name in SPLITS:  # no meta.json to trust: the ids themselves must fit
-            if self.max_ids[name] >= vocab:
-                raise UserError(f"{self.path / f'{name}.bin'}: token ids reach {self.max_ids[name]}, "
-                                f"beyond model.vocab_size {vocab:,}")
-        return vocab
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
 
-
-def read_split(folder: str | Path, split: str) -> np.ndarray:
-    """train.bin or val.bin of a complete token folder (one with meta.json), checked by `TokenFolder`."""
-    return TokenFolder.open(folder, require_meta=True).split(split)
+    def tolist(self) -> list[int]:
+        """Every token as a Python list (for small data: it reads all of them)."""
+        return self[:].tolist()

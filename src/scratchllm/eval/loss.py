@@ -23,7 +23,8 @@ def heldout_loss(run: str | Path, data: str | Path | None, device, dist, warn=pr
     given, data = data is not None, data or cfg.train.data
     if not data:
         raise UserError(f"{run}: no token folder recorded; pass --data DIR")
-    meta, _, val, _ = open_data(data, cfg)  # the run's vocabulary: its tokens must fit it
+    folder, _ = open_data(data, cfg)  # the run's vocabulary: its tokens must fit it
+    meta, val = folder.meta, folder.val
     if given and meta.get("tokenizer_sha256"):
         try:
             tok = run_tokenizer(run, cfg)

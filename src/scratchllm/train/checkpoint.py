@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from scratchllm.train.loader import STATE_DEFAULTS as LOADER_DEFAULTS
 from scratchllm.train.loader import STATE_KEYS as LOADER_KEYS
 from scratchllm.train.rng import check_rng_state, rng_state, set_rng_state  # noqa: F401 (ckpt.set_rng_state)
 from scratchllm.util import UserError, disk_free, disk_total, format_size, fsync_dir, one_line, sha256_file
@@ -267,7 +268,8 @@ def _check_resumable(state: dict) -> None:
     if OPTIM_FILE not in state["files"]:
         raise ValueError(f"holds no {OPTIM_FILE}: its model can be used, but training cannot go on from it")
     loader = state.get("loader")
-    if not (isinstance(loader, dict) and set(LOADER_KEYS) <= set(loader) and _is_count(loader["batches"])):
+    needed = set(LOADER_KEYS) - set(LOADER_DEFAULTS)  # a key added later has a default for older ones
+    if not (isinstance(loader, dict) and needed <= set(loader) and _is_count(loader["batches"])):
         raise ValueError(f'{STATE_FILE}: "loader" must be the data loader\'s position '
                          f"({', '.join(LOADER_KEYS)})")
 

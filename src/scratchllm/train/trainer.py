@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from scratchllm.config import Config, TrainConfig
-from scratchllm.data.tokens import TokenFolder
+from scratchllm.data.folder import DEFAULT_EOT, TokenFolder
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.distributed import Dist, setup, teardown
 from scratchllm.train.limits import check_fits
@@ -61,11 +61,12 @@ def compile_problem(device: torch.device) -> str | None:
     return None
 
 
-def open_data(data_dir: str | Path, cfg: Config) -> tuple[dict, np.ndarray, np.ndarray, Config]:
-    """meta.json, the train and val token maps, and the config with vocab_size taken from the data."""
-    folder = TokenFolder.open(data_dir)
+def open_data(data_dir: str | Path, cfg: Config, verify: bool = False,
+              tokenizer=None) -> tuple[TokenFolder, Config]:
+    """The token folder, checked (see `TokenFolder.open`), and the config with vocab_size from the data."""
+    folder = TokenFolder.open(data_dir, verify=verify, tokenizer=tokenizer)
     cfg = replace(cfg, model=replace(cfg.model, vocab_size=folder.model_vocab_size(cfg.model.vocab_size)))
-    return folder.meta, folder.train, folder.val, cfg
+    return folder, cfg
 
 
 def load_tokenizer(data_dir: str | Path):
@@ -79,7 +80,7 @@ def load_tokenizer(data_dir: str | Path):
 
 
 @torch.no_grad()
-def evaluate(model, val: np.ndarray, tc: TrainConfig, block_size: int, device, dist: Dist,
+def evaluate(model, val, tc: TrainConfig, block_size: int, device, dist: Dist,
              dtype: str | None = None) -> float:
     """Mean loss over the fixed validation batches (shared out over the ranks), in `dtype` (default:
     what train.dtype resolves to on `device`)."""
@@ -178,9 +179,9 @@ class Trainer:
     folder. `train()` below is the whole loop; benchmarks and the demo call `step()` alone.
     """
 
-    def __init__(self, cfg: Config, train_tokens: np.ndarray, val_tokens: np.ndarray | None = None,
-                 meta: dict | None = None, out: Path | None = None, dist: Dist | None = None,
-                 device: torch.device | None = None, quiet: bool = True, tokenizer=None):
+    def __init__(self, cfg: Config, train_tokens, val_tokens=None, meta: dict | None = None,
+                 out: Path | None = None, dist: Dist | None = None, device: torch.device | None = None,
+                 quiet: bool = True, tokenizer=None, eot_id: int | None = None):
         self.cfg, self.tc = cfg, cfg.train
         self.dist, self.device = dist or Dist(), device or torch.device("cpu")
         self.out, self.val_tokens, self.meta, self.quiet = out, val_tokens, meta or {}, quiet
@@ -190,6 +191,8 @@ class Trainer:
         self.precision = resolve(self.tc.dtype, self.device)
         if self.precision.warning:
             self.warn(self.precision.warning)
+        # The document boundaries `train.align` looks for: meta.json's end-of-text id, else GPT-2's.
+        self.eot_id = eot_id if eot_id is not None else self.meta.get("eot_id", DEFAULT_EOT)
         self._build(train_tokens)
         self.steps, self.best_val = 0, math.inf
         self.best_ckpt: Path | None = None
@@ -223,7 +226,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, tc, ns_dtype=self.precision.iteration_dtype)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.uses_scaler)
         self.loader = TokenLoader(train_tokens, tc.batch_size, self.cfg.model.block_size, tc.order, tc.seed,
-                                  dist.rank, dist.world_size, name="train.bin")
+                                  dist.rank, dist.world_size, name="the training tokens", align=tc.align,
+                                  eot=self.eot_id)
         compiled = tc.compile
         if compiled:
             problems = [p for p in dist.gather(compile_problem(device)) if p]  # all ranks compile, or none
@@ -482,24 +486,30 @@ def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None) -> No
 
 
 def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-          quiet: bool = False) -> dict:
-    """Train (or continue) the run in `out_dir` on the token folder `data_dir`; returns a summary."""
+          quiet: bool = False, verify: bool = False, tokenizer: str | None = None) -> dict:
+    """Train (or continue) the run in `out_dir` on the token folder `data_dir`; returns a summary.
+
+    `verify` checks every id and shard hash of the data first; `tokenizer` names the tokenizer of a
+    folder without meta.json (llm.c or modded-nanogpt shards: gpt2)."""
+    from scratchllm.tokenizer import load_tokenizer as named_tokenizer
+
     dist, device = setup(cfg.train.device)
     lock = contextlib.ExitStack()
     try:
         data_dir, out = Path(data_dir), Path(out_dir)
         warn = (lambda msg: print(msg, file=sys.stderr)) if dist.main else (lambda msg: None)
+        named = dist.on_every_rank(lambda: named_tokenizer(tokenizer)) if tokenizer else None
         # Ranks on machines without a shared filesystem may see different data folders.
-        meta, train_tokens, val_tokens, cfg = dist.on_every_rank(lambda: open_data(data_dir, cfg))
+        folder, cfg = dist.on_every_rank(lambda: open_data(data_dir, cfg, verify, named))
         dist.on_every_rank(lambda: check_fits(cfg, device))  # before building what cannot fit
         # One job writes a run folder at a time: rank 0 holds its lock for all the ranks, until the end.
         dist.on_every_rank(lambda: dist.main and lock.enter_context(folder_lock(out, "training")))
         found = _resume_point(out / "ckpt", resume, dist, warn)
         cfg = replace(cfg, train=replace(cfg.train, data=str(data_dir.resolve())))
         # Rank 0 writes text samples; with downstream tasks every rank scores its share of the items.
-        tokenizer = load_tokenizer(data_dir) if dist.main or cfg.train.eval_tasks else None
-        trainer = dist.on_every_rank(lambda: Trainer(cfg, train_tokens, val_tokens, meta, out, dist, device,
-                                                     quiet, tokenizer))
+        tok = named or (load_tokenizer(data_dir) if dist.main or cfg.train.eval_tasks else None)
+        trainer = dist.on_every_rank(lambda: Trainer(cfg, folder.train, folder.val, folder.meta, out, dist,
+                                                     device, quiet, tok, eot_id=folder.eot_id))
         if found is not None:
             trainer.restore(*found)
         if dist.main:
