@@ -35,7 +35,8 @@ from pathlib import Path
 import psutil
 from corpora import web_like_corpus
 
-from scratchllm.util import cache_dir, format_size, parse_size
+from scratchllm.util.fetch import cache_dir
+from scratchllm.util.sizes import format_size, parse_size
 
 # Training only shows that the folder opens fast and trains: a small batch keeps GPT-2's 50,257-row
 # head from filling memory on a CPU.

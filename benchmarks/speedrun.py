@@ -40,7 +40,7 @@ from scratchllm.config import Config, build_config
 from scratchllm.demo import prepare_data
 from scratchllm.train.metrics import split_bits_per_byte
 from scratchllm.train.trainer import Trainer, evaluate, open_data
-from scratchllm.util import cache_dir
+from scratchllm.util.fetch import cache_dir
 
 RECIPES = {"baseline": "tiny", "best": "tiny-modern"}
 EVAL_POINTS = 40  # evaluations over a run: the crossing point is known to 1/40 of the steps

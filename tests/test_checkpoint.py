@@ -191,7 +191,7 @@ def test_a_reader_beside_a_training_run_sees_only_whole_checkpoints(tmp_path, cl
 
 
 def test_disk_guard_refuses_a_checkpoint_that_would_not_fit_and_keeps_the_last(tmp_path):
-    from scratchllm.util import UserError
+    from scratchllm.util.errors import UserError
 
     model, opt = _model_and_opt()
     good = ck.save_checkpoint(tmp_path, 10, model, opt)
@@ -211,7 +211,7 @@ def test_disk_guard_refuses_a_checkpoint_that_would_not_fit_and_keeps_the_last(t
 def test_a_full_disk_stops_a_save_in_one_line_and_the_last_checkpoint_stays(small_disk, monkeypatch):
     from _train_helpers import fill_disk
 
-    from scratchllm.util import UserError
+    from scratchllm.util.errors import UserError
 
     disk = small_disk("2m")
     model, opt = _model_and_opt()

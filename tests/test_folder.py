@@ -15,7 +15,7 @@ from scratchllm.data.folder import TokenFolder, read_meta, split_of, write_meta
 from scratchllm.data.tokenize import tokenize_to_dir
 from scratchllm.data.tokens import HEADER_BYTES, read_tokens, write_tokens
 from scratchllm.tokenizer import train_bpe
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 DOCS = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog " * (1 + i % 9) for i in range(60)]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from scratchllm.model.gpt import GPT, GPTConfig, LayerCache, sample
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 V = 97
 

@@ -5,7 +5,7 @@ import torch
 
 from scratchllm.model.gpt import GPT, GPTConfig
 from scratchllm.model.hf import from_hf, to_hf
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 transformers = pytest.importorskip("transformers")
 

@@ -11,7 +11,7 @@ from scratchllm.config import PRESETS, Config
 from scratchllm.model.gpt import GPT
 from scratchllm.train import limits
 from scratchllm.train.loader import eval_batches, val_batch_count
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 VARIANTS = {"gpt2": {}, "swiglu": {"mlp": "swiglu"}, "untied": {"tie_embeddings": False},
             "modern": {"pos": "rope", "norm": "rmsnorm", "mlp": "relu2", "bias": False, "qk_norm": True}}

@@ -8,7 +8,7 @@ import torch
 
 from scratchllm.data.tokens import HEADER_BYTES, ShardedTokens, read_tokens, write_tokens
 from scratchllm.train.loader import TokenLoader, eval_batches
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import signal
 import pytest
 
 from scratchllm.tokenizer.parallel import ordered_map
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 
 def square(x):

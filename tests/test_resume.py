@@ -182,7 +182,7 @@ def test_broken_newest_checkpoint_is_set_aside_and_the_resume_stays_exact(data, 
 def test_resume_with_no_usable_checkpoint_refuses_and_keeps_the_log(data, tmp_path):
     from scratchllm.train import checkpoint as ck
     from scratchllm.train import train
-    from scratchllm.util import UserError
+    from scratchllm.util.errors import UserError
 
     cfg = _cfg(train__max_steps=5, train__ckpt_every=5, train__eval_every=100)
     run = tmp_path / "run"

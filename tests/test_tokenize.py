@@ -12,7 +12,7 @@ import pytest
 from scratchllm.data.folder import read_split
 from scratchllm.data.tokenize import load_tokenizer_for_data, tokenize_to_dir
 from scratchllm.tokenizer import Tokenizer, train_bpe
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 DOCS = [
     "First document.\nWith two lines.",

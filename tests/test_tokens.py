@@ -7,7 +7,7 @@ import pytest
 
 from scratchllm.data import tokens as token_format
 from scratchllm.data.tokens import HEADER_BYTES, ShardedTokens, TokenWriter, read_tokens, write_tokens
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 
 def llmc_file(path, tokens, magic=20240520, version=1, n=None, dtype="<u2"):

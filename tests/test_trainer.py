@@ -119,7 +119,7 @@ def test_device_names_are_checked(monkeypatch):
     import torch
 
     from scratchllm.train.distributed import pick_device
-    from scratchllm.util import UserError
+    from scratchllm.util.errors import UserError
 
     assert pick_device("cpu").type == "cpu"
     with pytest.raises(UserError, match="train.device"):

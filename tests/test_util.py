@@ -6,17 +6,11 @@ import os
 
 import pytest
 
-from scratchllm import util
-from scratchllm.util import (
-    UserError,
-    atomic_path,
-    atomic_write_json,
-    cache_dir,
-    format_size,
-    parse_size,
-    pip_fetch,
-    sha256_file,
-)
+from scratchllm.util import fetch
+from scratchllm.util.errors import UserError
+from scratchllm.util.fetch import cache_dir, pip_fetch
+from scratchllm.util.files import atomic_path, atomic_write_json, sha256_file
+from scratchllm.util.sizes import format_size, parse_size
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -99,7 +93,7 @@ def _fake_pip(monkeypatch, payload, name="pkg-1.0.tar.gz"):
         asked.append(requirement)
         (dest / name).write_bytes(payload)
 
-    monkeypatch.setattr(util, "_pip_download", fake)
+    monkeypatch.setattr(fetch, "_pip_download", fake)
     return asked
 
 
@@ -127,7 +121,7 @@ def test_pip_fetch_refuses_another_file(tmp_path, monkeypatch):
 
 
 def test_one_line_folds_white_space_and_names_empty_errors():
-    from scratchllm.util import one_line
+    from scratchllm.util.errors import one_line
 
     assert one_line(ValueError("bad\n  value\tthere ")) == "bad value there"
     assert one_line(KeyError()) == "KeyError"
@@ -138,7 +132,7 @@ def test_url_fetch_caches_only_a_checked_download(tmp_path):
     import http.server
     import threading
 
-    from scratchllm.util import url_fetch
+    from scratchllm.util.fetch import url_fetch
 
     served = tmp_path / "served"
     served.mkdir()
@@ -165,7 +159,7 @@ def test_url_fetch_caches_only_a_checked_download(tmp_path):
 
 _HOLD = """
 import sys, time
-from scratchllm.util import folder_lock
+from scratchllm.util.locks import folder_lock
 with folder_lock(sys.argv[1], "training"):
     print("held", flush=True)
     time.sleep(60)
@@ -177,7 +171,7 @@ def test_folder_lock_names_its_holder_and_dies_with_it(tmp_path, cli_env):
     import subprocess
     import sys
 
-    from scratchllm.util import folder_lock
+    from scratchllm.util.locks import folder_lock
 
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "run")], env=cli_env,
                               stdout=subprocess.PIPE, text=True)
@@ -194,3 +188,28 @@ def test_folder_lock_names_its_holder_and_dies_with_it(tmp_path, cli_env):
         holder.wait()
     with folder_lock(tmp_path / "run", "training"):
         assert f'"pid": {os.getpid()}' in (tmp_path / "run" / ".lock").read_text()
+
+
+@pytest.mark.parametrize("total, filling, expected", [
+    (100 * 10**9, True, 5 * 10**9),  # a large disk: 5% is more than 1 GB
+    (100 * 10**9, False, 10**9),
+    (10 * 10**9, True, 10**9),  # a small one: 5% is less
+    (10 * 10**9, False, 5 * 10**8),
+])
+def test_default_min_free_keeps_the_larger_margin_for_writes_that_fill_a_disk(monkeypatch, tmp_path, total,
+                                                                              filling, expected):
+    from scratchllm.util import disk
+
+    monkeypatch.setattr(disk, "disk_total", lambda path: total)
+    assert disk.default_min_free(tmp_path, filling=filling) == expected
+
+
+def test_the_disk_guard_names_what_is_kept_and_how_to_go_on(tmp_path):
+    from scratchllm.util.disk import guard_disk
+
+    guard_disk(tmp_path, 600, 400, "a shard", "kept", "go on", free_space=lambda p: 1000)  # just fits
+    with pytest.raises(UserError) as caught:
+        guard_disk(tmp_path, 601, 400, "a shard", "Kept: 3 shards", "go on", free_space=lambda p: 1000)
+    assert str(caught.value) == (f"disk guard: 1.00 KB free on the disk of {tmp_path}; a shard needs "
+                                 "about 601 B and 400 B must stay free. Kept: 3 shards. Free at least 1 B "
+                                 "and go on")

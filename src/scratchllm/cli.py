@@ -11,7 +11,7 @@ import sys
 from typing import NoReturn
 
 from scratchllm.config import DEFAULT_PRESET, PRESETS
-from scratchllm.util import UserError, one_line
+from scratchllm.util.errors import UserError, one_line
 
 # --- stage 1: data -------------------------------------------------------------------------
 
@@ -21,7 +21,7 @@ def cmd_estimate(args) -> int:
 
     from scratchllm.data.estimate import describe, estimate
     from scratchllm.data.sources import open_source
-    from scratchllm.util import parse_size
+    from scratchllm.util.sizes import parse_size
 
     target = parse_size(args.target)
     source = open_source(args.source)
@@ -34,7 +34,7 @@ def cmd_estimate(args) -> int:
 def cmd_download(args) -> int:
     from scratchllm.data.download import download
     from scratchllm.data.sources import open_source
-    from scratchllm.util import parse_size
+    from scratchllm.util.sizes import parse_size
 
     target = parse_size(args.target)
     shard_size = parse_size(args.shard_size)
@@ -56,7 +56,7 @@ def cmd_tokenizer_train(args) -> int:
     import time
 
     from scratchllm.data.tokenize import train_tokenizer
-    from scratchllm.util import parse_size
+    from scratchllm.util.sizes import parse_size
 
     if args.vocab_size < 258:
         raise UserError(f"--vocab-size must be at least 258 (256 bytes, one merge, <|endoftext|>), "
@@ -77,7 +77,7 @@ def cmd_tokenizer_train(args) -> int:
 
 def cmd_tokenize(args) -> int:
     from scratchllm.data.tokenize import tokenize_to_dir
-    from scratchllm.util import parse_size
+    from scratchllm.util.sizes import parse_size
 
     min_free = parse_size(args.min_free) if args.min_free is not None else None
     meta = tokenize_to_dir(_tokenizer_input(args), args.tokenizer, args.out, val_docs=args.val_docs,

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from scratchllm.util import UserError, atomic_write_bytes
+from scratchllm.util.errors import UserError
+from scratchllm.util.files import atomic_write_bytes
 
 if sys.version_info >= (3, 11):
     import tomllib

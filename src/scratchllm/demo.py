@@ -135,7 +135,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     from scratchllm.train.distributed import pick_device
     from scratchllm.train.precision import resolve
     from scratchllm.train.trainer import train
-    from scratchllm.util import UserError
+    from scratchllm.util.errors import UserError
 
     out = Path(out)
     minutes = DEFAULT_MINUTES if minutes is None else minutes

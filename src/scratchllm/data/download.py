@@ -18,30 +18,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from scratchllm.data.sources import Document, Source
-from scratchllm.util import (
-    UserError,
-    atomic_path,
-    atomic_write_json,
-    disk_free,
-    disk_total,
-    folder_lock,
-    format_size,
-    one_line,
-    sha256_file,
-)
+from scratchllm.util.disk import default_min_free, disk_free, guard_disk
+from scratchllm.util.errors import UserError, one_line
+from scratchllm.util.files import atomic_path, atomic_write_json, sha256_file
+from scratchllm.util.locks import folder_lock
+from scratchllm.util.sizes import format_size
 
 MANIFEST = "manifest.json"
+# How a download or tokenize stopped by the disk guard goes on.
+RERUN = "rerun the same command to continue (--min-free sets the margin)"
 FORMAT_VERSION = 1
 
 
 def shard_name(i: int) -> str:
     """File name of shard number i."""
     return f"shard_{i:06d}.parquet"
-
-
-def default_min_free(path: Path) -> int:
-    """Space to leave free when none is asked for: 1 GB or 5% of the disk, the larger."""
-    return max(10**9, int(0.05 * disk_total(path)))
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -162,7 +153,7 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
         log(f"{out} already holds the complete download: {len(manifest['shards'])} shards, "
             f"{manifest['docs']:,} documents, {format_size(manifest['bytes'])}; nothing to do")
         return manifest
-    min_free = default_min_free(out) if min_free is None else min_free
+    min_free = default_min_free(out, filling=True) if min_free is None else min_free
     free = free_space(out)
     if free < min_free:
         raise UserError(f"only {format_size(free)} free on the disk of {out}, less than --min-free "
@@ -313,13 +304,9 @@ def _fill(source, docs, first, manifest, out, target_bytes, shard_size, min_free
         nonlocal buf, buf_bytes
         # Writing needs about the text's size at most (parquet compresses it); keep min_free untouched.
         need = buf_bytes + sum(len(d.id) for d in buf) + (1 << 16)
-        free = free_space(out)
-        if free - need < min_free:
-            raise UserError(
-                f"disk guard: {format_size(free)} free on the disk of {out}; the next shard needs about "
-                f"{format_size(need)} and --min-free is {format_size(min_free)}. Saved so far: "
-                f"{len(shards)} shards, {manifest['docs']:,} documents, {format_size(manifest['bytes'])}. "
-                f"Free at least {format_size(need + min_free - free)} and rerun the same command to continue")
+        saved = (f"Saved so far: {len(shards)} shards, {manifest['docs']:,} documents, "
+                 f"{format_size(manifest['bytes'])}")
+        guard_disk(out, need, min_free, "the next shard", saved, RERUN, free_space)
         entry = {"file": shard_name(len(shards)), "docs": len(buf), "bytes": buf_bytes,
                  "first_doc": buf[0].index, "last_doc": buf[-1].index}
         entry["sha256"], entry["file_bytes"] = _write_shard(out / entry["file"], buf, keep_columns, schema)

@@ -17,7 +17,8 @@ import random
 from dataclasses import asdict, dataclass
 
 from scratchllm.data.sources import Source
-from scratchllm.util import UserError, format_size
+from scratchllm.util.errors import UserError
+from scratchllm.util.sizes import format_size
 
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 

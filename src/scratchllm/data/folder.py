@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from scratchllm.data.tokens import ShardedTokens, check_range, max_id, read_tokens
-from scratchllm.util import UserError, atomic_write_json, one_line, sha256_file
+from scratchllm.util.errors import UserError, one_line
+from scratchllm.util.files import atomic_write_json, sha256_file
 
 META = "meta.json"
 SPLITS = ("train", "val")

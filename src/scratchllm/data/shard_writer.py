@@ -19,9 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from scratchllm.data.download import RERUN
 from scratchllm.data.folder import FORMAT_VERSION, SHARD_RE, SPLITS, read_meta, shard_name, write_meta
 from scratchllm.data.tokens import HEADER_BYTES, TokenWriter
-from scratchllm.util import UserError, disk_free, format_size, one_line, sha256_file
+from scratchllm.util.disk import disk_free, guard_disk
+from scratchllm.util.errors import UserError, one_line
+from scratchllm.util.files import sha256_file
 
 # What must be equal for a folder to be continued rather than refused.
 IDENTITY = ("source", "tokenizer", "tokenizer_sha256", "vocab_size", "eot_id", "token_dtype", "shard_tokens",
@@ -151,12 +154,7 @@ class ShardWriter:
     def _open_shard(self, split: str, first_doc: int) -> None:
         index = sum(1 for e in self.shards if e["split"] == split)
         need = HEADER_BYTES + self.shard_tokens * self.dtype.itemsize
-        free = self.free_space(self.out)
-        if free - need < self.min_free:
-            raise UserError(
-                f"disk guard: {format_size(free)} free on the disk of {self.out}; the next shard needs up to "
-                f"{format_size(need)} and --min-free is {format_size(self.min_free)}. {self.saved()}. Free "
-                f"at least {format_size(need + self.min_free - free)} and rerun the same command to continue")
+        guard_disk(self.out, need, self.min_free, "the next shard", self.saved(), RERUN, self.free_space)
         self._entry = {"file": shard_name(split, index), "split": split, "documents": 0, "bytes": 0,
                        "first_doc": first_doc, "last_doc": first_doc}
         self._writer = TokenWriter(self.out / self._entry["file"], self.dtype)

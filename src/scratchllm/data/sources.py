@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from scratchllm.util import UserError, cache_dir, one_line, pip_fetch, reachable
+from scratchllm.util.errors import UserError, one_line
+from scratchllm.util.fetch import cache_dir, pip_fetch, reachable
 
 
 @dataclass

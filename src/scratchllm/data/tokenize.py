@@ -28,14 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from scratchllm.data.download import default_min_free, iter_downloaded, read_manifest
+from scratchllm.data.download import iter_downloaded, read_manifest
 from scratchllm.data.folder import read_meta
 from scratchllm.data.shard_writer import ShardWriter, SplitPlan
 from scratchllm.data.sources import DEFAULT_VAL_DOCS, Source, open_source
 from scratchllm.data.tokens import MAX_TOKENS, dtype_for_vocab
 from scratchllm.tokenizer.encoding import Tokenizer, load_tokenizer, train_bpe
 from scratchllm.tokenizer.parallel import default_workers, ordered_map
-from scratchllm.util import UserError, disk_free, folder_lock, remove_stale_temps
+from scratchllm.util.disk import default_min_free, disk_free
+from scratchllm.util.errors import UserError
+from scratchllm.util.files import remove_stale_temps
+from scratchllm.util.locks import folder_lock
 
 BATCH_BYTES = 1 << 20
 DEFAULT_VAL_FRACTION = 0.01  # of the documents, for a source without its own split
@@ -256,8 +259,8 @@ def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
     start = time.perf_counter()
     with folder_lock(out, "tokenize"):
         remove_stale_temps(out)  # a killed run's shard, as large as a shard
-        writer = ShardWriter(out, identity, plan, default_min_free(out) if min_free is None else min_free,
-                             free_space)
+        margin = default_min_free(out, filling=True) if min_free is None else min_free
+        writer = ShardWriter(out, identity, plan, margin, free_space)
         if writer.meta["complete"]:
             log(f"{out} already holds these tokens, complete: {len(writer.shards)} shards; nothing to do")
             return writer.meta

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchllm.util import UserError, atomic_path
+from scratchllm.util.errors import UserError
+from scratchllm.util.files import atomic_path
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4

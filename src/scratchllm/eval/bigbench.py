@@ -29,7 +29,9 @@ import tarfile
 from pathlib import Path
 
 from scratchllm.eval.items import Item, Task
-from scratchllm.util import UserError, cache_dir, fsync_dir, url_fetch
+from scratchllm.util.errors import UserError
+from scratchllm.util.fetch import cache_dir, url_fetch
+from scratchllm.util.files import fsync_dir
 
 SDIST_FILE = "bigbench-1.0.0.tar.gz"
 SDIST_URL = ("https://files.pythonhosted.org/packages/95/f8/c019b3579df548a04cac12342cfcb878e50ddf6cfcd7fddba8cfc721c157/"

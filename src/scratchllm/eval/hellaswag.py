@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 from scratchllm.eval.items import Item
-from scratchllm.util import UserError, cache_dir, url_fetch
+from scratchllm.util.errors import UserError
+from scratchllm.util.fetch import cache_dir, url_fetch
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 FILE = "hellaswag_val.jsonl"

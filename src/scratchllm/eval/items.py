@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 
 def heldout_loss(run: str | Path, data: str | Path | None, device, dist, warn=print) -> dict:

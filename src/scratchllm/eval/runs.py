@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 
 class HFTokenizer:

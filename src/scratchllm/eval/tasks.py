@@ -24,7 +24,7 @@ import numpy as np
 
 from scratchllm.eval import bigbench, hellaswag
 from scratchllm.eval.items import Item, Sequences, Task, settle, tokenize
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 HELLASWAG_TASKS = {
     "hellaswag": Task("hellaswag", "mc", 0, " ", 0.25, False, hellaswag.items),

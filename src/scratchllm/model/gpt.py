@@ -33,7 +33,7 @@ from torch import nn
 
 from scratchllm.config import GPTConfig
 from scratchllm.model.decode import SplitRowProducts
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 
 def _norm(config: GPTConfig) -> nn.Module:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from scratchllm.model.gpt import GPT, GPTConfig
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 _TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 

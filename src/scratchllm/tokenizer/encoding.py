@@ -32,7 +32,9 @@ from scratchllm.tokenizer.bpe import (
     ranks_from_merges,
     resolve_pattern,
 )
-from scratchllm.util import UserError, atomic_write_json, cache_dir, pip_fetch
+from scratchllm.util.errors import UserError
+from scratchllm.util.fetch import cache_dir, pip_fetch
+from scratchllm.util.files import atomic_write_json
 
 FORMAT = "scratchllm-bpe"
 EOT = "<|endoftext|>"  # the separator appended after every document

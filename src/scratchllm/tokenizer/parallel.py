@@ -12,7 +12,7 @@ import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 
 def default_workers() -> int:

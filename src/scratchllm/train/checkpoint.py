@@ -31,7 +31,10 @@ import torch
 from scratchllm.train.loader import STATE_DEFAULTS as LOADER_DEFAULTS
 from scratchllm.train.loader import STATE_KEYS as LOADER_KEYS
 from scratchllm.train.rng import check_rng_state, rng_state, set_rng_state  # noqa: F401 (ckpt.set_rng_state)
-from scratchllm.util import UserError, disk_free, disk_total, format_size, fsync_dir, one_line, sha256_file
+from scratchllm.util.disk import default_min_free, disk_free, guard_disk
+from scratchllm.util.errors import UserError, one_line
+from scratchllm.util.files import fsync_dir, sha256_file
+from scratchllm.util.sizes import format_size
 
 MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "state.json"
 
@@ -42,15 +45,6 @@ def _fsync(path: Path) -> None:
 
 
 # --- saving --------------------------------------------------------------------------------------
-
-
-def checkpoint_min_free(path: str | Path) -> int:
-    """Space a checkpoint must leave free on its disk: 1 GB or 5% of the disk, the smaller.
-
-    A download fills a disk by design, so it keeps the larger of the two free; a checkpoint is one
-    write of known size, and only has to keep the disk from filling up.
-    """
-    return min(10**9, int(0.05 * disk_total(path)))
 
 
 def _tensor_bytes(obj) -> dict[int, int]:
@@ -68,16 +62,6 @@ def checkpoint_bytes(model: torch.nn.Module, optimizer=None) -> int:
         tensors.update(_tensor_bytes(optimizer.state_dict()))
     # Headers and state.json (its RNG states alone are about 22 KB): under 1% and 64 KiB, as measured.
     return int(sum(tensors.values()) * 1.01) + (1 << 16)
-
-
-def _disk_guard(ckpt_dir: Path, step: int, need: int, free: int, margin: int) -> None:
-    """UserError when a checkpoint of `need` bytes would leave less than `margin` free."""
-    if free - need >= margin:
-        return
-    raise UserError(f"disk guard: {format_size(free)} free on the disk of {ckpt_dir}; checkpoint "
-                    f"step_{step} needs about {format_size(need)} and {format_size(margin)} must stay "
-                    f"free. {_kept(ckpt_dir)}; free at least {format_size(need + margin - free)} and "
-                    "continue with --resume")
 
 
 def _kept(ckpt_dir: Path) -> str:
@@ -107,15 +91,17 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, model: torch.nn.Module, opt
     """Write `ckpt_dir/step_N` atomically; `state` is extra JSON (loader, scaler, metrics).
 
     UserError, with nothing written, when the checkpoint would leave less than `min_free` bytes on its
-    disk (default `checkpoint_min_free`) as `free_space(folder)` counts them, or when writing fails
-    for want of space or permission; the checkpoints already there stay as they were.
+    disk (default: `default_min_free`'s margin for a write that must not fill it) as `free_space(folder)`
+    counts them, or when writing fails for want of space or permission; the checkpoints already there
+    stay as they were.
     """
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     free_space = free_space or disk_free
     need = checkpoint_bytes(model, optimizer)
-    _disk_guard(ckpt_dir, step, need, free_space(ckpt_dir),
-                checkpoint_min_free(ckpt_dir) if min_free is None else min_free)
+    min_free = default_min_free(ckpt_dir, filling=False) if min_free is None else min_free
+    guard_disk(ckpt_dir, need, min_free, f"checkpoint step_{step}", _kept(ckpt_dir), "continue with --resume",
+               free_space)
     final = ckpt_dir / f"step_{step}"
     # Only one process saves into a run, so any temporary folder here was left by a killed save or
     # prune (its name holds that process's id, never ours again): remove them, or they pile up.

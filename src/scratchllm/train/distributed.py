@@ -59,7 +59,7 @@ class Dist:
 
     def on_every_rank(self, fn):
         """fn()'s result; a UserError on any rank is raised on every rank, so none waits in a collective."""
-        from scratchllm.util import UserError
+        from scratchllm.util.errors import UserError
 
         if not self.enabled:
             return fn()
@@ -103,7 +103,7 @@ def teardown() -> None:
 
 def pick_device(name: str = "auto") -> torch.device:
     """`auto` is CUDA, then Apple MPS, then the CPU; anything else is taken as a torch device name."""
-    from scratchllm.util import UserError
+    from scratchllm.util.errors import UserError
 
     if name != "auto":
         try:

@@ -9,7 +9,8 @@ out the allocator, the framework and much of the activations), and is left to tr
 from __future__ import annotations
 
 from scratchllm.config import Config, GPTConfig
-from scratchllm.util import UserError, format_size
+from scratchllm.util.errors import UserError
+from scratchllm.util.sizes import format_size
 
 
 def min_params(m: GPTConfig) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 # What `TokenLoader.state_dict` holds: the position, and what it depends on.
 STATE_KEYS = ("batches", "order", "seed", "batch_size", "block_size", "world_size", "n_tokens", "align")

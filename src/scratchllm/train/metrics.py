@@ -8,7 +8,7 @@ import math
 import re
 from pathlib import Path
 
-from scratchllm.util import atomic_path, atomic_write_bytes
+from scratchllm.util.files import atomic_path, atomic_write_bytes
 
 
 def bits_per_byte(loss: float, tokens: int, n_bytes: int) -> float:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from scratchllm.config import Config, build_config, load_run_config
-from scratchllm.util import UserError
+from scratchllm.util.errors import UserError
 
 
 def _to_stderr(message: str) -> None:

@@ -31,7 +31,8 @@ from scratchllm.train.loader import TokenLoader, eval_batches
 from scratchllm.train.metrics import MetricsLog, sample_entry, split_bits_per_byte, truncate_samples
 from scratchllm.train.optim import make_optimizer
 from scratchllm.train.precision import autocast, resolve
-from scratchllm.util import UserError, folder_lock
+from scratchllm.util.errors import UserError
+from scratchllm.util.locks import folder_lock
 
 # Dense bf16 peak of GPUs, for MFU in the progress bar (CPUs: measure it, see benchmarks/); the first
 # entry whose words are all in the device name wins.
