@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 # Style, types, and the code's shape: functions of at most 80 lines and radon rank C or better,
-# no import cycle (tests/test_code_shape.py).
+# no import cycle, every import down the layers (tests/test_code_shape.py).
 lint: install
 	$(BIN)/ruff check src tests benchmarks configs
 	$(BIN)/mypy

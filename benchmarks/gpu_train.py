@@ -18,7 +18,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from scratchllm.config import build_config
-from scratchllm.train.precision import autocast
+from scratchllm.runtime.precision import autocast
 from scratchllm.train.trainer import Trainer, peak_flops
 
 

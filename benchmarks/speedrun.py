@@ -38,8 +38,8 @@ from corpora import python_docs_source
 
 from scratchllm.config import Config, build_config
 from scratchllm.demo import prepare_data
-from scratchllm.train.metrics import split_bits_per_byte
-from scratchllm.train.trainer import Trainer, evaluate, open_data
+from scratchllm.eval.loss import evaluate, split_bits_per_byte
+from scratchllm.train.trainer import Trainer, open_data
 from scratchllm.util.fetch import cache_dir
 
 RECIPES = {"baseline": "tiny", "best": "tiny-modern"}
@@ -201,7 +201,7 @@ def main() -> None:
     steps = args.steps or (QUICK_STEPS if args.quick else 600)
     corpora = args.corpus.split(",")
     shape = quick_shape(steps, len(corpora)) if args.quick else []
-    from scratchllm.train.precision import resolve
+    from scratchllm.runtime.precision import resolve
 
     precision = resolve("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     _say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {precision.dtype} "

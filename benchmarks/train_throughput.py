@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from scratchllm.config import TrainConfig
 from scratchllm.model.gpt import GPT, GPTConfig
-from scratchllm.train.precision import autocast, resolve
-from scratchllm.train.trainer import make_optimizer
+from scratchllm.runtime.precision import autocast, resolve
+from scratchllm.train.optim import make_optimizer
 
 
 def matmul_peak(device, dtype=torch.bfloat16, n=2048, seconds=2.0) -> float:

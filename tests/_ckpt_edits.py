@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from scratchllm.train import checkpoint as ck
+from scratchllm.run import checkpoint as ck
 
 
 def rehash(folder):

@@ -145,7 +145,7 @@ def make_run(folder: Path, model, tok=None) -> Path:
     import dataclasses
 
     from scratchllm.config import build_config
-    from scratchllm.train.checkpoint import save_checkpoint
+    from scratchllm.run.checkpoint import save_checkpoint
 
     sets = [f"model.{k}={str(v).lower() if isinstance(v, bool) else v}"
             for k, v in dataclasses.asdict(model.config).items()]

@@ -10,7 +10,9 @@ from _ckpt_edits import EDITS, rehash
 
 from scratchllm.config import TrainConfig
 from scratchllm.model.gpt import GPT, GPTConfig
-from scratchllm.train import checkpoint as ck
+from scratchllm.run import checkpoint as ck
+from scratchllm.run.load import load_run
+from scratchllm.runtime.rng import set_rng_state
 from scratchllm.train.optim import make_optimizer
 
 
@@ -36,7 +38,7 @@ def test_round_trip_restores_weights_optimizer_and_rngs(tmp_path):
     ck.load_model_weights(other, path)
     ck.load_optimizer(other_opt, path)
     found, state = ck.latest_checkpoint(tmp_path)
-    ck.set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
     assert found == path and state["step"] == 7 and state["loader"] == {"batches": 4}
     for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -149,7 +151,7 @@ from pathlib import Path
 import torch
 from scratchllm.config import load_run_config
 from scratchllm.model.gpt import GPT
-from scratchllm.train import checkpoint as ck
+from scratchllm.run import checkpoint as ck
 run = Path(sys.argv[1])
 model = GPT(load_run_config(run / "config.toml").model)
 for step in range(1, int(sys.argv[2]) + 1):
@@ -176,7 +178,7 @@ def test_a_reader_beside_a_training_run_sees_only_whole_checkpoints(tmp_path, cl
     try:
         while writer.poll() is None:
             # Saves and prunes go on all the while; each load must be one whole checkpoint of one step.
-            _, model, path = ck.load_run(tmp_path, warn=warnings.append)
+            _, model, path = load_run(tmp_path, warn=warnings.append)
             step = int(path.name.removeprefix("step_"))
             if step:  # step 0 holds the random initial weights
                 assert all(torch.all(p == step) for p in model.parameters()), path

@@ -126,11 +126,12 @@ def _stops_after(run, dest, prompt: str, k: int):
 
     import torch
 
-    from scratchllm.train import checkpoint as ck
+    from scratchllm.run import checkpoint as ck
+    from scratchllm.run.load import load_run, run_tokenizer
 
     shutil.copytree(run, dest)
-    cfg, model, path = ck.load_run(dest)
-    tok = ck.run_tokenizer(dest, cfg)
+    cfg, model, path = load_run(dest)
+    tok = run_tokenizer(dest, cfg)
     ids = torch.tensor([tok.encode(prompt)])
     with torch.no_grad():
         full = model.generate(ids, k, temperature=0)
@@ -305,7 +306,7 @@ def test_two_trainings_into_one_folder_cannot_both_run(byte_data, tmp_path, cli_
 
 def _edited_copy(run, dest, edit: str):
     """A copy of `run` whose one checkpoint got edit `edit` of EDITS; (copy, checkpoint, expected words)."""
-    from scratchllm.train import checkpoint as ck
+    from scratchllm.run import checkpoint as ck
 
     shutil.copytree(run, dest)
     (newest,) = ck.list_checkpoints(dest / "ckpt")
@@ -318,7 +319,7 @@ def _edited_copy(run, dest, edit: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("edit", EDITS)
 def test_resume_from_an_edited_checkpoint_is_refused_in_one_line(run_cli, run, tmp_path, edit):
-    from scratchllm.train import checkpoint as ck
+    from scratchllm.run import checkpoint as ck
 
     copy, newest, message = _edited_copy(run, tmp_path / "run", edit)
     before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file() and p.name != ".lock"}
@@ -339,7 +340,7 @@ def test_eval_of_an_edited_checkpoint_is_refused_in_one_line(run_cli, run, tmp_p
 
 # The command line with the checkpoint size estimated as one byte, so the guard lets a save start
 # that the disk cannot hold: how a wrong estimate, or another program filling the disk, looks.
-_TINY_ESTIMATE = ("import sys; from scratchllm.train import checkpoint; "
+_TINY_ESTIMATE = ("import sys; from scratchllm.run import checkpoint; "
                   "checkpoint.checkpoint_bytes = lambda model, optimizer: 1; "
                   "from scratchllm.cli import main; sys.exit(main(sys.argv[1:]))")
 
@@ -347,7 +348,7 @@ _TINY_ESTIMATE = ("import sys; from scratchllm.train import checkpoint; "
 @pytest.mark.slow
 def test_a_full_disk_stops_training_in_one_line_and_resume_goes_on_once_there_is_room(
         run_cli, byte_data, small_disk, cli_env):
-    from scratchllm.train import checkpoint as ck
+    from scratchllm.run import checkpoint as ck
 
     run = small_disk("8m") / "run"
     args = ["--data", byte_data, "--out", run, "--quiet"]

@@ -104,6 +104,58 @@ def test_cycle_finder(graph, expected):
     assert _cycle(graph) == expected
 
 
+# The layers, bottom to top: a module imports from the layers below its own, or from its own package.
+LAYERS = ["util", "config", "runtime", "tokenizer", "data", "model", "run", "eval", "train", "demo", "cli",
+          "__main__"]
+
+
+def _layer(module: str) -> str:
+    """The layer (a top-level package or module of scratchllm) that `module` belongs to."""
+    return module.split(".")[1]
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of `graph` that does not run down the layers ('a -> b'), nor stays in its package."""
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                  if _layer(a) != _layer(b) and rank[_layer(b)] > rank[_layer(a)])
+
+
+def test_every_module_has_a_layer():
+    unplaced = sorted(m for m in MODULES if m != "scratchllm" and _layer(m) not in LAYERS)
+    assert unplaced == [], "add these to LAYERS (and the README's layout): " + ", ".join(unplaced)
+
+
+def test_every_import_runs_down_the_layers():
+    graph = {name: _imports(name, path) for name, path in MODULES.items() if name != "scratchllm"}
+    assert "scratchllm.eval.loss" in graph["scratchllm.train.trainer"]  # the graph is really read
+    assert _upward(graph) == []
+
+
+def test_an_upward_import_is_caught(tmp_path):
+    """A checkpoint module that reached up into evaluation, at the top or inside a function."""
+    source = MODULES["scratchllm.run.checkpoint"].read_text(encoding="utf-8")
+    for planted in ("from scratchllm.eval.loss import evaluate\n",
+                    "def f():\n    from ..train import trainer\n"):
+        path = tmp_path / "checkpoint.py"
+        path.write_text(source + "\n\n" + planted, encoding="utf-8")
+        graph = {"scratchllm.run.checkpoint": _imports("scratchllm.run.checkpoint", path)}
+        found = _upward(graph)
+        assert len(found) == 1 and found[0].startswith("scratchllm.run.checkpoint -> scratchllm.")
+        assert found[0].split(" -> ")[1] in ("scratchllm.eval.loss", "scratchllm.train.trainer")
+
+
+@pytest.mark.parametrize("graph, expected", [
+    ({"scratchllm.train.trainer": {"scratchllm.train.metrics", "scratchllm.eval.loss"}}, []),  # beside, below
+    ({"scratchllm.data.loader": {"scratchllm.tokenizer.encoding"}}, []),
+    ({"scratchllm.util.errors": {"scratchllm.config"}}, ["scratchllm.util.errors -> scratchllm.config"]),
+    ({"scratchllm.eval.tasks": {"scratchllm.train.trainer"}},
+     ["scratchllm.eval.tasks -> scratchllm.train.trainer"]),
+])
+def test_upward_finder(graph, expected):
+    assert _upward(graph) == expected
+
+
 def test_readme_layout_names_every_module():
     """The layout section of README.md lists each module of the package, and nothing that is gone."""
     readme = (SRC.parent / "README.md").read_text(encoding="utf-8")

@@ -42,7 +42,7 @@ def test_torchrun_two_ranks_equal_one_process_with_grad_accum_2(tmp_path, cli_en
 
 
 def test_a_data_error_on_one_rank_stops_every_rank():
-    from scratchllm.train.distributed import Dist
+    from scratchllm.runtime.distributed import Dist
     from scratchllm.util.errors import UserError
 
     class TwoRanks(Dist):

@@ -27,7 +27,7 @@ from scratchllm.eval import bigbench, hellaswag
 from scratchllm.eval.items import Item, Task, fewshot_indices, render, tokenize
 from scratchllm.eval.score import batches, score
 from scratchllm.eval.tasks import TaskSuite, evaluate_tasks, get_task, task_rows
-from scratchllm.train.distributed import Dist
+from scratchllm.runtime.distributed import Dist
 from scratchllm.util import fetch
 from scratchllm.util.errors import UserError
 from scratchllm.util.files import sha256_file
@@ -330,8 +330,8 @@ def _task_run_cfg(**extra):
 def test_training_scores_the_tasks_on_schedule_and_a_resume_logs_them_once(bb_cache, tok, tmp_path):
     from scratchllm.data.sources import Document
     from scratchllm.data.tokenize import tokenize_to_dir
+    from scratchllm.run.load import load_run
     from scratchllm.train import train
-    from scratchllm.train.checkpoint import load_run
 
     docs = [Document(i, f"d{i}", TEXT) for i in range(4)]
     data = tmp_path / "data"

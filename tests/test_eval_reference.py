@@ -13,10 +13,10 @@ from _eval_helpers import HELLASWAG_ROWS, fake_sdist, make_run, random_model, to
 
 from scratchllm.eval import bigbench
 from scratchllm.eval.items import render
-from scratchllm.eval.runs import load_model
 from scratchllm.eval.score import batches
 from scratchllm.eval.tasks import TaskSuite
-from scratchllm.train.distributed import Dist
+from scratchllm.run.load import load_model
+from scratchllm.runtime.distributed import Dist
 
 pytest.importorskip("lm_eval")
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from scratchllm.config import PRESETS, Config
+from scratchllm.data.loader import eval_batches, val_batch_count
 from scratchllm.model.gpt import GPT
 from scratchllm.train import limits
-from scratchllm.train.loader import eval_batches, val_batch_count
 from scratchllm.util.errors import UserError
 
 VARIANTS = {"gpt2": {}, "swiglu": {"mlp": "swiglu"}, "untied": {"tie_embeddings": False},

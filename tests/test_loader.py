@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from scratchllm.data.loader import TokenLoader, eval_batches
 from scratchllm.data.tokens import HEADER_BYTES, ShardedTokens, read_tokens, write_tokens
-from scratchllm.train.loader import TokenLoader, eval_batches
 from scratchllm.util.errors import UserError
 
 

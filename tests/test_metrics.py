@@ -2,7 +2,8 @@
 
 import json
 
-from scratchllm.train.metrics import MetricsLog, bits_per_byte, sample_entry, truncate_samples
+from scratchllm.eval.loss import bits_per_byte
+from scratchllm.train.metrics import MetricsLog, sample_entry, truncate_samples
 
 
 def test_bits_per_byte():

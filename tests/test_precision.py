@@ -6,8 +6,8 @@ import pytest
 import torch
 from _train_helpers import byte_token_dir, shakespeare_bytes
 
-from scratchllm.train import precision
-from scratchllm.train.precision import Precision, autocast, resolve
+from scratchllm.runtime import precision
+from scratchllm.runtime.precision import Precision, autocast, resolve
 
 CPU = torch.device("cpu")
 

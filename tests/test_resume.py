@@ -110,9 +110,9 @@ def _rows(run):
 def test_stop_by_signal_or_time_budget_then_resume_equals_uninterrupted(data, tmp_path, monkeypatch, how):
     import types
 
+    from scratchllm.data.loader import TokenLoader
     from scratchllm.train import train
     from scratchllm.train import trainer as trainer_module
-    from scratchllm.train.loader import TokenLoader
 
     cfg = _cfg(train__max_steps=12, train__max_minutes=1000)
     train(cfg, data, tmp_path / "full", quiet=True)
@@ -158,7 +158,7 @@ def _strict_json(path):
 
 
 def test_broken_newest_checkpoint_is_set_aside_and_the_resume_stays_exact(data, tmp_path):
-    from scratchllm.train import checkpoint as ck
+    from scratchllm.run import checkpoint as ck
     from scratchllm.train import train
 
     cfg = _cfg(train__max_steps=10, train__ckpt_every=5, train__eval_every=100, train__keep_last=2)
@@ -180,7 +180,7 @@ def test_broken_newest_checkpoint_is_set_aside_and_the_resume_stays_exact(data, 
 
 
 def test_resume_with_no_usable_checkpoint_refuses_and_keeps_the_log(data, tmp_path):
-    from scratchllm.train import checkpoint as ck
+    from scratchllm.run import checkpoint as ck
     from scratchllm.train import train
     from scratchllm.util.errors import UserError
 
@@ -196,7 +196,7 @@ def test_resume_with_no_usable_checkpoint_refuses_and_keeps_the_log(data, tmp_pa
 
 
 def test_signal_during_the_final_evaluation_still_saves(data, tmp_path, monkeypatch):
-    from scratchllm.train import checkpoint as ck
+    from scratchllm.run import checkpoint as ck
     from scratchllm.train import train
     from scratchllm.train import trainer as trainer_module
 

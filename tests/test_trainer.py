@@ -118,7 +118,7 @@ def test_compile_without_a_working_compiler_warns_and_trains_eagerly(tmp_path, c
 def test_device_names_are_checked(monkeypatch):
     import torch
 
-    from scratchllm.train.distributed import pick_device
+    from scratchllm.runtime.distributed import pick_device
     from scratchllm.util.errors import UserError
 
     assert pick_device("cpu").type == "cpu"

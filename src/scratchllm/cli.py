@@ -161,8 +161,8 @@ def cmd_generate(args) -> int:
 
     import torch
 
-    from scratchllm.train.checkpoint import load_run, run_tokenizer
-    from scratchllm.train.distributed import pick_device
+    from scratchllm.run.load import load_run, run_tokenizer
+    from scratchllm.runtime.distributed import pick_device
 
     if (args.max_new_tokens < 0 or not 0 <= args.temperature < math.inf or not 0 < args.top_p <= 1
             or args.top_k < 0):
@@ -203,7 +203,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from scratchllm.model.hf import export_run
+    from scratchllm.run.export import export_run
 
     out, path, with_tokenizer = export_run(args.run, args.out, quiet=args.quiet,
                                            warn=lambda m: print(m, file=sys.stderr))

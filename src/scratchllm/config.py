@@ -30,7 +30,7 @@ else:  # the same parser, published separately before it joined the standard lib
 
 MODEL_CHOICES = {"norm": ("layernorm", "rmsnorm"), "pos": ("learned", "sinusoidal", "rope"),
                  "mlp": ("gelu", "swiglu", "relu2")}
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: see train/precision.py
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: see runtime/precision.py
 ORDERS = ("random", "sequential")
 OPTIMIZERS = ("adamw", "muon")  # see train/optim.py
 SCHEDULES = ("cosine", "wsd")
@@ -138,7 +138,7 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints kept besides the best one
     sample_tokens: int = 100  # length of the text sample written at each evaluation
     seed: int = 1337
-    dtype: str = "auto"  # auto: the fastest the device really supports (see train/precision.py)
+    dtype: str = "auto"  # auto: the fastest the device really supports (see runtime/precision.py)
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     data: str = ""  # token folder the run was trained on (filled in by `train`)

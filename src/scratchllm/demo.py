@@ -46,7 +46,7 @@ def steps_per_second(cfg, tokens, n: int = 5, warmup: int = 2) -> float:
 
     import torch
 
-    from scratchllm.train.distributed import pick_device
+    from scratchllm.runtime.distributed import pick_device
     from scratchllm.train.trainer import Trainer
 
     device = pick_device(cfg.train.device)
@@ -77,7 +77,7 @@ def choose_model(vocab_size: int, tokens, minutes: float, sets: Sequence[str] = 
 
 def plan_training(cfg, rate: float, minutes: float, val_tokens: int):
     """`cfg` with a schedule that fills `minutes` at `rate` steps/s, evaluating on all the held-out tokens."""
-    from scratchllm.train.loader import val_batch_count
+    from scratchllm.data.loader import val_batch_count
 
     # The schedule ends where the budget does (max_minutes stops it if the machine turns out slower),
     # less the five evaluations over the whole validation split: a forward pass costs about a third of a
@@ -132,8 +132,8 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     from scratchllm.config import build_config
     from scratchllm.data.folder import TokenFolder
     from scratchllm.model.gpt import GPT
-    from scratchllm.train.distributed import pick_device
-    from scratchllm.train.precision import resolve
+    from scratchllm.runtime.distributed import pick_device
+    from scratchllm.runtime.precision import resolve
     from scratchllm.train.trainer import train
     from scratchllm.util.errors import UserError
 
@@ -173,7 +173,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
         shutil.rmtree(run_dir)
     summary = train(cfg, data_dir, run_dir, quiet=quiet)
 
-    from scratchllm.train.checkpoint import load_run
+    from scratchllm.run.load import load_run
 
     _, model, _ = load_run(run_dir)
     gen = torch.Generator().manual_seed(0)

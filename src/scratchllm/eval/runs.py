@@ -9,62 +9,6 @@ from pathlib import Path
 from scratchllm.util.errors import UserError
 
 
-class HFTokenizer:
-    """A transformers tokenizer with the few methods the tasks use (ids of plain text, the EOT id)."""
-
-    def __init__(self, tok):
-        self.tok = tok
-        self.name = type(tok).__name__
-
-    @property
-    def eot_id(self) -> int:
-        """<|endoftext|>, GPT-2's document separator (its eos token)."""
-        if self.tok.eos_token_id is None:
-            raise UserError("the folder's tokenizer has no end-of-text token to start prompts with")
-        return self.tok.eos_token_id
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Ids of each text, without special tokens added; text the tokenizer cannot encode is refused."""
-        ids = self.tok(texts, add_special_tokens=False)["input_ids"]
-        unk = self.tok.unk_token_id
-        if unk is not None and unk != self.tok.eos_token_id and any(unk in row for row in ids):
-            raise UserError("the folder's tokenizer cannot encode the task's text (it gives its unknown "
-                            "token)")
-        return ids
-
-
-def load_model(path: str | Path, device, warn=print):
-    """(model in eval mode, tokenizer, train.dtype setting, a label) of a run or a transformers folder."""
-    path = Path(path)
-    if (path / "config.toml").is_file() or not (path / "config.json").is_file():
-        from scratchllm.train.checkpoint import load_run, run_tokenizer
-
-        cfg, model, ckpt = load_run(path, device, warn=warn)
-        try:
-            tok = run_tokenizer(path, cfg)
-        except UserError as e:
-            raise UserError(f"{e}: tasks are text, which this run has no tokenizer to encode") from None
-        return model, tok, cfg.train.dtype, f"{path} ({ckpt.name})"
-    from scratchllm.model.hf import from_hf, require_transformers
-
-    transformers = require_transformers()
-    try:
-        hf = transformers.GPT2LMHeadModel.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable transformers GPT-2 folder ({type(e).__name__})") from None
-    model = from_hf(hf).to(device)
-    if any((path / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-        tok = HFTokenizer(transformers.AutoTokenizer.from_pretrained(path, local_files_only=True))
-    elif model.config.vocab_size == 50257:
-        from scratchllm.tokenizer import Tokenizer
-
-        tok = Tokenizer.pretrained("gpt2")
-    else:
-        raise UserError(f"{path}: no tokenizer files, and the vocabulary ({model.config.vocab_size:,}) is "
-                        "not GPT-2's; export the run again with its tokenizer")
-    return model, tok, "auto", str(path)
-
-
 def evaluate_run(run: str | Path, task: str = "loss", data: str | None = None, data_file: str | None = None,
                  limit: int | None = None, quiet: bool = False, warn=print) -> dict | None:
     """Measure `run` on `task` (loss, a task name or core); the `eval --json` object, None off rank 0.
@@ -73,8 +17,9 @@ def evaluate_run(run: str | Path, task: str = "loss", data: str | None = None, d
     """
     from scratchllm.eval.loss import heldout_loss
     from scratchllm.eval.tasks import TaskSuite
-    from scratchllm.train.distributed import setup, teardown
-    from scratchllm.train.precision import resolve
+    from scratchllm.run.load import load_model
+    from scratchllm.runtime.distributed import setup, teardown
+    from scratchllm.runtime.precision import resolve
 
     if task == "loss" and (data_file is not None or limit is not None):
         raise UserError("--data-file and --limit are for tasks; the held-out loss reads --data DIR")

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scratchllm.train.distributed import Dist
-from scratchllm.train.precision import autocast
+from scratchllm.runtime.distributed import Dist
+from scratchllm.runtime.precision import autocast
 
 
 @dataclass

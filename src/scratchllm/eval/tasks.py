@@ -205,7 +205,7 @@ def evaluate_tasks(model, tokenizer, names: list[str], device, dist, limit: int 
     (multiple choice), "random_baseline", "seconds"}}}, with "core_centered", "tasks" and "left_out"
     when core is asked for. dtype defaults to the fastest the device supports (train.dtype=auto).
     """
-    from scratchllm.train.precision import resolve
+    from scratchllm.runtime.precision import resolve
 
     dtype = dtype or resolve("auto", device).dtype
     suite = TaskSuite(names, tokenizer, model.config.block_size, model.config.vocab_size, dist, limit,

@@ -6,17 +6,9 @@ original code stores its projections as `Conv1D` with weights (in, out), the tra
 again on import when `from_hf(..., pad_vocab_multiple=N)` asks for it. Only the GPT-2 architecture
 converts: learned positions, LayerNorm, GELU (tanh) MLP, no QK-norm. A model without biases
 converts too (with zero biases), but not back.
-
-`export_run` writes a run folder's model (and its tokenizer) as a folder `transformers` loads with
-`AutoModelForCausalLM.from_pretrained`: the `scratchllm export` command.
 """
 
 from __future__ import annotations
-
-import json
-import re
-import shutil
-from pathlib import Path
 
 import torch
 
@@ -122,62 +114,3 @@ def from_hf(hf_model, pad_vocab_multiple: int = 1) -> GPT:
             else:
                 p.copy_(src)
     return model.to(first.dtype).eval()  # as to_hf: same dtype, dropout off until training asks
-
-
-# What `export_run` writes (transformers' file names); a folder holding only these may be replaced.
-EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
-_SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
-
-
-def is_earlier_export(folder: Path) -> bool:
-    """Whether folder is empty or holds only what `export_run` writes, with a GPT-2 config."""
-    if not folder.is_dir():
-        return False
-    entries = list(folder.iterdir())
-    if not entries:
-        return True
-    names = {p.name for p in entries if p.is_file()}
-    if len(names) != len(entries) or any(n not in EXPORT_FILES and not _SHARD_RE.fullmatch(n) for n in names):
-        return False
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") == "gpt2"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def export_run(run: str | Path, out: str | Path, quiet: bool = False, warn=print) -> tuple[Path, Path, bool]:
-    """Write the run's newest valid checkpoint as a transformers GPT-2 folder `out`, with the run's
-    tokenizer when it has one; returns (out, checkpoint folder, whether tokenizer files were written).
-
-    The folder is written beside `out` and renamed into place, and `out` is replaced only if it is
-    an earlier export, so no other folder is ever overwritten.
-    """
-    from scratchllm.train.checkpoint import load_run, run_tokenizer
-
-    transformers = require_transformers()  # before any work: it is an optional dependency
-    given, out = out, Path(out).resolve()
-    if out == Path.cwd().resolve():
-        raise UserError("--out names the current folder, which the export would replace; give a new folder")
-    if out.exists() and not is_earlier_export(out):
-        raise UserError(f"{given} exists and is not an earlier export (only those are replaced); "
-                        "pick another --out")
-    if quiet:
-        transformers.utils.logging.disable_progress_bar()
-    cfg, model, path = load_run(run, warn=warn)
-    try:
-        tok = run_tokenizer(run, cfg)
-    except UserError:
-        tok = None
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    to_hf(model, eos_token_id=tok.eot_id if tok else None).save_pretrained(tmp)
-    if tok is not None:
-        eot = next((s for s, i in tok.special_tokens.items() if i == tok.eot_id), None)
-        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.to_hf(), eos_token=eot,
-                                                    bos_token=eot, model_max_length=cfg.model.block_size)
-        fast.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out, path, tok is not None

@@ -1,7 +1,7 @@
-"""Stage 4: training. The loader, the loop, checkpoints and data parallelism, one module each."""
+"""Stage 4: training. The loop (`trainer`), the optimizers and schedules (`optim`), the run's log
+(`metrics`), the config a run trains with (`run_config`) and the memory it needs (`limits`)."""
 
-from scratchllm.train.loader import TokenLoader, eval_batches
 from scratchllm.train.optim import lr_at, make_optimizer
-from scratchllm.train.trainer import Trainer, evaluate, train
+from scratchllm.train.trainer import Trainer, train
 
-__all__ = ["TokenLoader", "Trainer", "eval_batches", "evaluate", "lr_at", "make_optimizer", "train"]
+__all__ = ["Trainer", "lr_at", "make_optimizer", "train"]

@@ -4,24 +4,10 @@ accuracy beside them when the run evaluates tasks)."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
 from scratchllm.util.files import atomic_path, atomic_write_bytes
-
-
-def bits_per_byte(loss: float, tokens: int, n_bytes: int) -> float:
-    """Cross-entropy in nats per token turned into bits per UTF-8 byte of text."""
-    return loss / math.log(2) * tokens / n_bytes
-
-
-def split_bits_per_byte(loss: float, split: dict) -> float | None:
-    """Bits per byte of a split described by meta.json ({"tokens", "bytes"}), None without byte counts."""
-    if not split or not split.get("bytes") or not split.get("tokens"):
-        return None
-    return bits_per_byte(loss, split["tokens"], split["bytes"])
-
 
 SAMPLE_HEADER = re.compile(r"^--- step (\d+) \(val loss [^)\n]*\) ---$", re.MULTILINE)
 

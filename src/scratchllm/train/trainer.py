@@ -22,15 +22,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from scratchllm.config import Config, TrainConfig
+from scratchllm.config import Config
 from scratchllm.data.folder import DEFAULT_EOT, TokenFolder
-from scratchllm.train import checkpoint as ckpt
-from scratchllm.train.distributed import Dist, setup, teardown
+from scratchllm.data.loader import TokenLoader
+from scratchllm.eval.loss import evaluate, split_bits_per_byte
+from scratchllm.run import checkpoint as ckpt
+from scratchllm.runtime.distributed import Dist, setup, teardown
+from scratchllm.runtime.precision import autocast, resolve
+from scratchllm.runtime.rng import rng_state, set_rng_state
 from scratchllm.train.limits import check_fits
-from scratchllm.train.loader import TokenLoader, eval_batches
-from scratchllm.train.metrics import MetricsLog, sample_entry, split_bits_per_byte, truncate_samples
+from scratchllm.train.metrics import MetricsLog, sample_entry, truncate_samples
 from scratchllm.train.optim import make_optimizer
-from scratchllm.train.precision import autocast, resolve
 from scratchllm.util.errors import UserError
 from scratchllm.util.locks import folder_lock
 
@@ -78,26 +80,6 @@ def load_tokenizer(data_dir: str | Path):
         return load_tokenizer_for_data(data_dir)
     except Exception:  # samples are a nicety; training must not depend on them
         return None
-
-
-@torch.no_grad()
-def evaluate(model, val, tc: TrainConfig, block_size: int, device, dist: Dist,
-             dtype: str | None = None) -> float:
-    """Mean loss over the fixed validation batches (shared out over the ranks), in `dtype` (default:
-    what train.dtype resolves to on `device`)."""
-    dtype = dtype or resolve(tc.dtype, device).dtype
-    was_training = model.training
-    model.eval()
-    total = torch.zeros(2, device=device)
-    for x, y in eval_batches(val, tc.batch_size, block_size, tc.eval_batches, dist.rank, dist.world_size):
-        x, y = x.to(device), y.to(device)
-        with autocast(device, dtype):
-            _, loss = model(x, y)
-        total += torch.stack([loss.float(), torch.ones((), device=device)])
-    model.train(was_training)
-    if dist.enabled:
-        torch.distributed.all_reduce(total)
-    return (total[0] / total[1]).item()
 
 
 def sample_text(model, tokenizer, n_tokens: int, device, seed: int) -> str | None:
@@ -271,7 +253,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["loader"])
         rngs = state.get("rng_ranks") or [state["rng"]]
-        ckpt.set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else state["rng"])
+        set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else state["rng"])
         self.steps = self.step_log = self.saved_at = state["step"]
         self.best_val = math.inf if state.get("best_val") is None else state["best_val"]
         self.best_ckpt = self.run_dir / "ckpt" / state["best_ckpt"] if state.get("best_ckpt") else None
@@ -375,7 +357,7 @@ class Trainer:
 
     def save(self, val_loss: float | None) -> None:
         """Checkpoint this step (rank 0 writes; every rank's RNG goes in); keep the best and the newest."""
-        rngs = self.dist.gather(ckpt.rng_state())
+        rngs = self.dist.gather(rng_state())
         self.saved_at = self.steps
         if not self.dist.main:
             return

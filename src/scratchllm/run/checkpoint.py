@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from scratchllm.train.loader import STATE_DEFAULTS as LOADER_DEFAULTS
-from scratchllm.train.loader import STATE_KEYS as LOADER_KEYS
-from scratchllm.train.rng import check_rng_state, rng_state, set_rng_state  # noqa: F401 (ckpt.set_rng_state)
+from scratchllm.data.loader import STATE_DEFAULTS as LOADER_DEFAULTS
+from scratchllm.data.loader import STATE_KEYS as LOADER_KEYS
+from scratchllm.runtime.rng import check_rng_state, rng_state
 from scratchllm.util.disk import default_min_free, disk_free, guard_disk
 from scratchllm.util.errors import UserError, one_line
 from scratchllm.util.files import fsync_dir, sha256_file
@@ -396,42 +396,3 @@ def prune(ckpt_dir: str | Path, keep_last: int, best: Path | None = None) -> Non
     for p in paths:
         if p not in keep:
             _remove(p)
-
-
-def load_run(run: str | Path, device="cpu", warn=print):
-    """(config, model in eval mode, checkpoint folder) of a run's newest valid checkpoint."""
-    from scratchllm.config import load_run_config
-    from scratchllm.model.gpt import GPT
-
-    run = Path(run)
-    if not (run / "config.toml").is_file():
-        raise UserError(f"{run}: not a run folder (no config.toml; train one with `scratchllm train`)")
-    cfg = load_run_config(run / "config.toml")
-    model = GPT(cfg.model)
-    while True:
-        found, problems = find_checkpoint(run / "ckpt")
-        if found is None:
-            why = f" ({problems[0]})" if problems else ""
-            raise UserError(f"{run}: no usable checkpoint in {run / 'ckpt'}{why}")
-        try:
-            load_model_weights(model, found[0])
-        except UserError:
-            if found[0].is_dir():
-                raise
-            continue  # pruned by the training run after the check: a newer checkpoint is there
-        for problem in problems:
-            warn(f"warning: skipping checkpoint {problem}")
-        return cfg, model.to(device).eval(), found[0]
-
-
-def run_tokenizer(run: str | Path, cfg):
-    """The tokenizer a run was trained with: its own copy, else the one of its token folder."""
-    from scratchllm.data.tokenize import load_tokenizer_for_data
-    from scratchllm.tokenizer import Tokenizer
-
-    own = Path(run) / "tokenizer"
-    if (own / "tokenizer.json").is_file():
-        return Tokenizer.load(own)
-    if not cfg.train.data:
-        raise UserError(f"{run}: no tokenizer saved with the run and no token folder recorded")
-    return load_tokenizer_for_data(cfg.train.data)
