@@ -41,6 +41,7 @@ from scratchllm.demo import prepare_data
 from scratchllm.eval.loss import evaluate, split_bits_per_byte
 from scratchllm.train.trainer import Trainer, open_data
 from scratchllm.util.fetch import cache_dir
+from scratchllm.util.log import setup_logging
 
 RECIPES = {"baseline": "tiny", "best": "tiny-modern"}
 EVAL_POINTS = 40  # evaluations over a run: the crossing point is known to 1/40 of the steps
@@ -59,7 +60,7 @@ def corpus_tokens(name: str) -> Path:
     if (data / "meta.json").is_file():
         return data
     if name == "shakespeare":
-        prepare_data("shakespeare", root, val_docs=3, quiet=True, log=_say)
+        prepare_data("shakespeare", root, val_docs=3, quiet=True)
         return data
     source = python_docs_source(root)
     pages = sorted(Path(source[5:]).parent.glob("*.txt"))
@@ -68,7 +69,7 @@ def corpus_tokens(name: str) -> Path:
     while held < 0.05 * sum(sizes):  # the last documents, about 5% of the bytes
         n_val += 1
         held += sizes[-n_val]
-    prepare_data(source, root, val_docs=n_val, quiet=True, log=_say)
+    prepare_data(source, root, val_docs=n_val, quiet=True)
     return data
 
 
@@ -197,6 +198,7 @@ def main() -> None:
     p.add_argument("--best-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the best recipe alone (with --baseline tiny-modern: one option)")
     args = p.parse_args()
+    setup_logging(quiet=True)  # the data stage's reports, as `scratchllm tokenize --quiet` prints them
     recipes = {"baseline": args.baseline, "best": RECIPES["best"]}
     steps = args.steps or (QUICK_STEPS if args.quick else 600)
     corpora = args.corpus.split(",")

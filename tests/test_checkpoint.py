@@ -1,6 +1,7 @@
 """Checkpoints: exact round trip, no code execution on load, atomic folders, corrupt ones skipped, pruning."""
 
 import json
+import logging
 import random
 
 import numpy as np
@@ -14,6 +15,12 @@ from scratchllm.run import checkpoint as ck
 from scratchllm.run.load import load_run
 from scratchllm.runtime.rng import set_rng_state
 from scratchllm.train.optim import make_optimizer
+
+
+def _warnings(caplog) -> list[str]:
+    """The library's warnings logged during the test so far (since caplog.clear())."""
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING and r.name.startswith("scratchllm")]
 
 
 def _model_and_opt(seed=0):
@@ -57,7 +64,7 @@ def test_optimizer_file_loads_with_weights_only(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete_state", "bad_json"])
-def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path, damage):
+def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path, damage, caplog):
     model, opt = _model_and_opt()
     good = ck.save_checkpoint(tmp_path, 10, model, opt)
     bad = ck.save_checkpoint(tmp_path, 20, model, opt)
@@ -72,8 +79,9 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path, damage):
         (bad / ck.STATE_FILE).unlink()
     else:
         (bad / ck.STATE_FILE).write_text("{not json")
-    warnings = []
-    path, state = ck.latest_checkpoint(tmp_path, warn=warnings.append)
+    caplog.clear()
+    path, state = ck.latest_checkpoint(tmp_path)
+    warnings = _warnings(caplog)
     assert path == good and state["step"] == 10
     assert len(warnings) == 1 and str(bad) in warnings[0]
 
@@ -115,7 +123,8 @@ def test_state_json_is_plain_json(tmp_path):
 
 
 @pytest.mark.parametrize("edit", EDITS)
-def test_edited_checkpoint_is_refused_naming_the_file_and_an_older_one_used(tmp_path, edit, monkeypatch):
+def test_edited_checkpoint_is_refused_naming_the_file_and_an_older_one_used(tmp_path, edit, monkeypatch,
+                                                                            caplog):
     monkeypatch.chdir(tmp_path)  # where the pickle's command would leave its trace
     model, opt = _model_and_opt()
     state = {"loader": {"batches": 3, "order": "random", "seed": 1, "batch_size": 2, "block_size": 8,
@@ -129,8 +138,9 @@ def test_edited_checkpoint_is_refused_naming_the_file_and_an_older_one_used(tmp_
         ck.verify(bad, training=True)
     assert message in str(caught.value) and "\n" not in str(caught.value)
     assert "weights_only=False" not in str(caught.value)
-    warnings = []
-    assert ck.latest_checkpoint(tmp_path / "ckpt", warn=warnings.append, training=True)[0] == good
+    caplog.clear()
+    assert ck.latest_checkpoint(tmp_path / "ckpt", training=True)[0] == good
+    warnings = _warnings(caplog)
     assert len(warnings) == 1 and str(bad) in warnings[0] and message in warnings[0]
     assert not (tmp_path / "PWNED").exists()
 
@@ -141,7 +151,7 @@ def test_a_checkpoint_without_loader_or_optimizer_still_serves_its_model(tmp_pat
     assert ck.verify(path)["step"] == 4
     with pytest.raises(ValueError, match="holds no optimizer.pt"):
         ck.verify(path, training=True)
-    found, why = ck.resume_point(tmp_path, warn=lambda m: None)
+    found, why = ck.resume_point(tmp_path)
     assert found is None and str(path) in why and "\n" not in why
 
 
@@ -164,7 +174,7 @@ for step in range(1, int(sys.argv[2]) + 1):
 
 
 @pytest.mark.slow
-def test_a_reader_beside_a_training_run_sees_only_whole_checkpoints(tmp_path, cli_env):
+def test_a_reader_beside_a_training_run_sees_only_whole_checkpoints(tmp_path, cli_env, caplog):
     import subprocess
     import sys
 
@@ -174,18 +184,19 @@ def test_a_reader_beside_a_training_run_sees_only_whole_checkpoints(tmp_path, cl
     cfg.save(tmp_path / "config.toml")
     ck.save_checkpoint(tmp_path / "ckpt", 0, GPT(cfg.model))
     writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), "150"], env=cli_env)
-    seen, warnings = set(), []
+    seen = set()
+    caplog.clear()
     try:
         while writer.poll() is None:
             # Saves and prunes go on all the while; each load must be one whole checkpoint of one step.
-            _, model, path = load_run(tmp_path, warn=warnings.append)
+            _, model, path = load_run(tmp_path)
             step = int(path.name.removeprefix("step_"))
             if step:  # step 0 holds the random initial weights
                 assert all(torch.all(p == step) for p in model.parameters()), path
             seen.add(step)
     finally:
         writer.wait(timeout=120)
-    assert writer.returncode == 0 and not warnings
+    assert writer.returncode == 0 and not _warnings(caplog)
     assert len(seen) >= 5  # the reads really did overlap the writes
 
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -102,7 +103,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(corpus, tmp_path, run_cli, 
 
 def test_disk_guard_mid_run_keeps_a_valid_manifest_then_resumes(tmp_path):
     src = open_source("shakespeare")
-    download(src, 3_000_000, tmp_path / "ref", shard_size=300_000, min_free=0, progress=False, log=_quiet)
+    download(src, 3_000_000, tmp_path / "ref", shard_size=300_000, min_free=0, progress=False)
 
     calls = []
 
@@ -112,17 +113,17 @@ def test_disk_guard_mid_run_keeps_a_valid_manifest_then_resumes(tmp_path):
 
     with pytest.raises(UserError, match="disk guard") as e:
         download(src, 3_000_000, tmp_path / "out", shard_size=300_000, min_free=10**6, progress=False,
-                 free_space=shrinking_disk, log=_quiet)
+                 free_space=shrinking_disk)
     assert "3 shards" in str(e.value) and "\n" not in str(e.value)
     m = _check_folder(tmp_path / "out")
     assert not m["complete"] and len(m["shards"]) == 3 and m["shard_size"] == 300_000
     # Another shard size would cut the rest differently from an uninterrupted run: refused.
     before = (tmp_path / "out" / MANIFEST).read_bytes()
     with pytest.raises(UserError, match="--shard-size 300000 bytes, not 200000"):
-        download(src, 3_000_000, tmp_path / "out", shard_size=200_000, min_free=0, progress=False, log=_quiet)
+        download(src, 3_000_000, tmp_path / "out", shard_size=200_000, min_free=0, progress=False)
     assert (tmp_path / "out" / MANIFEST).read_bytes() == before
 
-    download(src, 3_000_000, tmp_path / "out", shard_size=300_000, min_free=0, progress=False, log=_quiet)
+    download(src, 3_000_000, tmp_path / "out", shard_size=300_000, min_free=0, progress=False)
     assert _check_folder(tmp_path / "out")["complete"]
     assert _shards(tmp_path / "out") == _shards(tmp_path / "ref")
     ref_texts = [d.text for d in iter_downloaded(tmp_path / "ref")]
@@ -147,7 +148,7 @@ def test_resume_after_a_resume_equals_uninterrupted_run(tmp_path):
     texts = [f"doc {i} " + "word " * int(rng.integers(5, 25)) for i in range(1000)]
     pq.write_table(pa.table({"id": [f"d{i}" for i in range(1000)], "text": texts}), tmp_path / "c.parquet")
     spec = f"parquet:{tmp_path}/c.parquet"
-    kw = dict(shard_size=2000, progress=False, log=_quiet)
+    kw = dict(shard_size=2000, progress=False)
     download(open_source(spec), 10**9, tmp_path / "ref", min_free=0, **kw)
     for n in (16, 3):
         with pytest.raises(UserError, match="disk guard"):
@@ -205,13 +206,13 @@ def test_lock_of_a_live_process_refuses_a_dead_ones_is_taken_over(tmp_path, cli_
     try:
         assert other.stdout.readline().strip() == "held"
         with pytest.raises(UserError, match="another download is writing"):
-            download(src, 10**6, out, min_free=0, progress=False, log=_quiet)
+            download(src, 10**6, out, min_free=0, progress=False)
         assert [p.name for p in out.iterdir()] == [".lock"]
     finally:
         other.kill()  # SIGKILL: nothing of the holder's clean-up runs, its lock file stays
         other.wait()
     assert (out / ".lock").is_file()
-    download(src, 10**6, out, min_free=0, progress=False, log=_quiet)  # its owner is gone now
+    download(src, 10**6, out, min_free=0, progress=False)  # its owner is gone now
     assert _check_folder(out)["complete"]
 
 
@@ -223,23 +224,23 @@ def test_min_free_above_free_space_refuses_before_writing(tmp_path, run_cli):
 
 def test_target_beyond_source_and_refusals(tmp_path):
     src = open_source("shakespeare")
-    m = download(src, 6_000_000, tmp_path / "all", shard_size=10**6, min_free=0, progress=False, log=_quiet)
+    m = download(src, 6_000_000, tmp_path / "all", shard_size=10**6, min_free=0, progress=False)
     assert m["complete"] and m["exhausted"] and m["docs"] == 42 and m["bytes"] == 5_057_198
     assert [d.id for d in iter_downloaded(tmp_path / "all")] == [d.id for d in src]
 
     before = {p.name: p.read_bytes() for p in (tmp_path / "all").iterdir()}
     with pytest.raises(UserError, match="refusing to mix"):
-        download(src, 2_000_000, tmp_path / "all", min_free=0, progress=False, log=_quiet)
+        download(src, 2_000_000, tmp_path / "all", min_free=0, progress=False)
     (tmp_path / "a.txt").write_text("a document")
     with pytest.raises(UserError, match="refusing to mix"):
         download(open_source(f"text:{tmp_path}/a.txt"), 6_000_000, tmp_path / "all", min_free=0,
-                 progress=False, log=_quiet)
+                 progress=False)
     assert {p.name: p.read_bytes() for p in (tmp_path / "all").iterdir()} == before
 
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty"):
-        download(src, 10**6, tmp_path / "busy", min_free=0, progress=False, log=_quiet)
+        download(src, 10**6, tmp_path / "busy", min_free=0, progress=False)
     with pytest.raises(UserError, match="not a download folder"):
         list(iter_downloaded(tmp_path / "busy"))
 
@@ -247,13 +248,13 @@ def test_target_beyond_source_and_refusals(tmp_path):
 def test_keep_columns(corpus, tmp_path):
     spec, texts = corpus
     download(open_source(spec), 50_000, tmp_path / "k", shard_size=20_000, min_free=0, keep_columns=["url"],
-             progress=False, log=_quiet)
+             progress=False)
     table = pq.read_table(tmp_path / "k" / "shard_000000.parquet")
     assert table.column_names == ["id", "text", "url"]
     assert table.column("url").to_pylist()[:2] == ["https://example.org/0", "https://example.org/1"]
     with pytest.raises(UserError, match="score"):
         download(open_source(spec), 50_000, tmp_path / "k2", min_free=0, keep_columns=["score"],
-                 progress=False, log=_quiet)
+                 progress=False)
     assert not (tmp_path / "k2").exists()
 
 
@@ -267,7 +268,7 @@ def test_keep_columns_have_the_source_type_in_every_shard(tmp_path):
                    tmp_path / "src" / "c.parquet")
     out = tmp_path / "out"
     download(open_source(f"parquet:{tmp_path}/src"), 10**9, out, shard_size=5000, min_free=0,
-             keep_columns=["score"], progress=False, log=_quiet)
+             keep_columns=["score"], progress=False)
     m = _check_folder(out)
     assert len(m["shards"]) > 5
     types = {pq.read_schema(out / e["file"]).field("score").type for e in m["shards"]}
@@ -279,7 +280,7 @@ def test_keep_columns_have_the_source_type_in_every_shard(tmp_path):
 def test_a_column_named_twice_is_kept_once(corpus, tmp_path):
     spec, _ = corpus
     m = download(open_source(spec), 20_000, tmp_path / "k", min_free=0, keep_columns=["url", "url"],
-                 progress=False, log=_quiet)
+                 progress=False)
     assert m["keep_columns"] == ["url"]
     assert pq.read_table(tmp_path / "k" / "shard_000000.parquet").column_names == ["id", "text", "url"]
 
@@ -308,18 +309,17 @@ def test_a_download_that_another_one_changed_meanwhile_touches_nothing(corpus, t
             return getattr(self.inner, name)
 
     with pytest.raises(UserError, match="another download changed"):
-        download(FinishedMeanwhile(), 50_000, out, shard_size=10_000, min_free=0, progress=False, log=_quiet)
+        download(FinishedMeanwhile(), 50_000, out, shard_size=10_000, min_free=0, progress=False)
     assert _shards(out) == _shards(done) and _check_folder(out)["complete"]
 
 
 def _small_download(spec, out, **kw):
     """About 5 shards of the corpus, quietly."""
-    return download(open_source(spec), 50_000, out, shard_size=10_000, min_free=0, progress=False,
-                    log=kw.pop("log", _quiet), **kw)
+    return download(open_source(spec), 50_000, out, shard_size=10_000, min_free=0, progress=False, **kw)
 
 
 @pytest.mark.parametrize("damage", ["flip", "delete"])
-def test_damaged_shard_is_refused_when_read_and_downloaded_again(corpus, tmp_path, damage):
+def test_damaged_shard_is_refused_when_read_and_downloaded_again(corpus, tmp_path, damage, caplog):
     spec, texts = corpus
     out = tmp_path / "out"
     _small_download(spec, out)
@@ -337,8 +337,10 @@ def test_damaged_shard_is_refused_when_read_and_downloaded_again(corpus, tmp_pat
         list(iter_downloaded(out))
     assert "\n" not in str(e.value) and "re-run" in str(e.value)
 
-    logs = []
-    m = _small_download(spec, out, log=logs.append)
+    caplog.set_level(logging.INFO, logger="scratchllm")
+    caplog.clear()
+    m = _small_download(spec, out)
+    logs = caplog.messages
     assert not any("nothing to do" in line for line in logs), logs
     assert any("shard_000001.parquet" in line and "again" in line for line in logs), logs
     assert m["complete"] and _check_folder(out)["complete"]
@@ -351,7 +353,7 @@ def test_damaged_shard_of_an_unfinished_download_resumes_exactly(corpus, tmp_pat
     # Stopped twice: once before the damage is found, once while refilling after it, so the run
     # that finishes resumes from a stream state saved by the refill.
     spec, _ = corpus
-    kw = dict(shard_size=20_000, progress=False, log=_quiet)
+    kw = dict(shard_size=20_000, progress=False)
     download(open_source(spec), 300_000, tmp_path / "ref", min_free=0, **kw)
     out = tmp_path / "out"
     with pytest.raises(UserError, match="disk guard"):
@@ -366,8 +368,9 @@ def test_damaged_shard_of_an_unfinished_download_resumes_exactly(corpus, tmp_pat
     assert _shards(out) == _shards(tmp_path / "ref")
 
 
-def test_reading_an_unfinished_download_says_so(corpus, tmp_path, capsys):
+def test_reading_an_unfinished_download_says_so(corpus, tmp_path, capsys, cli_logging):
     spec, texts = corpus
+    cli_logging()
     out = tmp_path / "out"
     with pytest.raises(UserError, match="disk guard"):
         _small_download(spec, out, free_space=_trips_after(3))
@@ -399,6 +402,3 @@ def test_download_bad_input_writes_nothing(tmp_path, run_cli, args):
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "raw").exists()
 
-
-def _quiet(msg):
-    pass

@@ -3,6 +3,7 @@ posed as build-nanogpt and CORE pose them, a model that cannot know scores at ch
 in one line."""
 
 import json
+import logging
 import random
 import time
 
@@ -246,10 +247,10 @@ def test_core_score_is_the_mean_of_centred_accuracies(bb_cache, model, tok, hs_f
     assert task_rows(3, out)[-1] == core_row
 
 
-def test_core_without_hellaswag_data_scores_the_rest(bb_cache, model, tok, monkeypatch):
+def test_core_without_hellaswag_data_scores_the_rest(bb_cache, model, tok, monkeypatch, caplog):
     monkeypatch.setattr(hellaswag, "URL", "http://127.0.0.1:9/hellaswag_val.jsonl")  # nothing listens
-    notes = []
-    suite = TaskSuite(["core"], tok, 128, tok.vocab_size, Dist(), warn=notes.append)
+    suite = TaskSuite(["core"], tok, 128, tok.vocab_size, Dist())
+    notes = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     out = suite.evaluate(model, torch.device("cpu"))
     assert set(out["left_out"]) == {"hellaswag_zeroshot", "hellaswag_10shot"} and len(out["tasks"]) == 6
     assert "--data-file" in notes[0]

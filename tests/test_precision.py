@@ -91,8 +91,10 @@ def _rows(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_the_choice_is_printed_recorded_and_made_again_on_resume(cpu_kind, tmp_path, capsys):
+def test_the_choice_is_printed_recorded_and_made_again_on_resume(cpu_kind, tmp_path, capsys, cli_logging):
     from scratchllm.train import train
+
+    cli_logging()  # as `scratchllm train` shows the library's records
 
     data = byte_token_dir(tmp_path / "data", shakespeare_bytes(20_000))
     run = tmp_path / "run"
@@ -114,8 +116,10 @@ def test_the_choice_is_printed_recorded_and_made_again_on_resume(cpu_kind, tmp_p
     assert [r["step"] for r in _rows(run) if "loss" in r] == [1, 2, 3, 4]
 
 
-def test_explicit_bf16_on_a_slow_cpu_warns_once_even_when_quiet(cpu_kind, tmp_path, capsys):
+def test_explicit_bf16_on_a_slow_cpu_warns_once_even_when_quiet(cpu_kind, tmp_path, capsys, cli_logging):
     from scratchllm.train import train
+
+    cli_logging(quiet=True)  # as `scratchllm train --quiet` shows them
 
     data = byte_token_dir(tmp_path / "data", shakespeare_bytes(20_000))
     cpu_kind(False)

@@ -1,6 +1,7 @@
 """`tokenize`: order kept across workers, whole-document validation split, shards, resume, refusals."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -120,15 +121,17 @@ def test_a_failure_keeps_the_whole_shards_and_the_same_command_continues(tok, tm
     assert {**_stable(done), "source": "list"} == _stable(ref)  # the source is named after its type
 
 
-def test_a_complete_folder_is_left_alone_and_another_tokenizer_or_source_is_refused(tok, tmp_path):
+def test_a_complete_folder_is_left_alone_and_another_tokenizer_or_source_is_refused(tok, tmp_path, caplog):
     tokenize_to_dir(DOCS, tok, tmp_path, val_docs=2, workers=1, quiet=True)
 
     def times():
         return {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name != ".lock"}
 
     before = times()
-    said = []
-    tokenize_to_dir(DOCS, tok, tmp_path, val_docs=2, workers=1, quiet=True, log=said.append)
+    caplog.set_level(logging.INFO, logger="scratchllm")
+    caplog.clear()
+    tokenize_to_dir(DOCS, tok, tmp_path, val_docs=2, workers=1, quiet=True)
+    said = caplog.messages
     assert "nothing to do" in said[0] and times() == before
     other = train_bpe(DOCS, 380)
     for kwargs, words in (({"tokenizer": other}, "tokenizer_sha256"), ({"val_docs": 3}, "split"),
@@ -201,8 +204,7 @@ def test_shakespeare_download_folder_holds_out_three_plays(tok, tmp_path):
     from scratchllm.data.download import download
     from scratchllm.data.sources import open_source
 
-    download(open_source("shakespeare"), 10**6, tmp_path / "dl", shard_size=10**6, min_free=0, progress=False,
-             log=lambda s: None)
+    download(open_source("shakespeare"), 10**6, tmp_path / "dl", shard_size=10**6, min_free=0, progress=False)
     meta = tokenize_to_dir(tmp_path / "dl", tok, tmp_path / "t", workers=1, quiet=True)
     assert meta["val"]["documents"] == 3  # as with --source shakespeare, not 1% of the documents
     assert meta["source"] == f"shakespeare (download folder {tmp_path / 'dl'})"
@@ -229,7 +231,7 @@ def test_download_folder_and_cli(tmp_path, run_cli):
     for i, d in enumerate(DOCS[:12]):
         (texts / f"doc{i:02d}.txt").write_text(d + "\n", encoding="utf-8")
     spec = f"text:{texts}/*.txt"
-    download(open_source(spec), 10**9, tmp_path / "dl", shard_size=200, progress=False, log=lambda s: None)
+    download(open_source(spec), 10**9, tmp_path / "dl", shard_size=200, progress=False)
 
     dl = tmp_path / "dl"
     r = run_cli("tokenizer", "train", "--data", dl, "--vocab-size", 300, "--out", tmp_path / "tk", "--quiet")

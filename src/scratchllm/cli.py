@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from scratchllm.config import DEFAULT_PRESET, PRESETS
 from scratchllm.util.errors import UserError, one_line
+from scratchllm.util.log import main_rank, setup_logging
 
 # --- stage 1: data -------------------------------------------------------------------------
 
@@ -131,17 +132,11 @@ def cmd_train(args) -> int:
                      args.max_minutes)
     summary = train(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet, verify=args.verify,
                     tokenizer=args.tokenizer)
-    if summary is not None and _is_main_rank():
+    if summary is not None and main_rank():
         val = f", val loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else ""
         bpb = f", {summary['val_bpb']:.3f} bits/byte" if "val_bpb" in summary else ""
         print(f"{summary['run']}: step {summary['step']}{val}{bpb} ({summary['stop_reason']})")
     return 0
-
-
-def _is_main_rank() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 def cmd_eval(args) -> int:
@@ -150,7 +145,7 @@ def cmd_eval(args) -> int:
     from scratchllm.eval.runs import describe, evaluate_run
 
     out = evaluate_run(args.run, task=args.task, data=args.data, data_file=args.data_file, limit=args.limit,
-                       quiet=args.quiet, warn=lambda m: print(m, file=sys.stderr))
+                       quiet=args.quiet)
     if out is not None:  # rank 0 of a torchrun job, or the only process
         print(json.dumps(out) if args.json else describe(out))
     return 0
@@ -174,7 +169,7 @@ def cmd_generate(args) -> int:
     if hasattr(sys.stdout, "reconfigure"):  # a real text stream (not a test's capture)
         sys.stdout.reconfigure(errors="replace")
     device = pick_device("auto")
-    cfg, model, _ = load_run(args.run, device, warn=lambda m: print(m, file=sys.stderr))
+    cfg, model, _ = load_run(args.run, device)
     tok = run_tokenizer(args.run, cfg)
     prompt = tok.encode(args.prompt) or [tok.eot_id]
     idx = torch.tensor([prompt], device=device)
@@ -205,8 +200,7 @@ def cmd_generate(args) -> int:
 def cmd_export(args) -> int:
     from scratchllm.run.export import export_run
 
-    out, path, with_tokenizer = export_run(args.run, args.out, quiet=args.quiet,
-                                           warn=lambda m: print(m, file=sys.stderr))
+    out, path, with_tokenizer = export_run(args.run, args.out, quiet=args.quiet)
     note = "with tokenizer files" if with_tokenizer else "no tokenizer files (the run has no tokenizer)"
     print(f"wrote {out} ({path.name}, {note}); load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
@@ -385,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.quiet = getattr(args, "quiet", False)
     args.debug = getattr(args, "debug", False)
+    setup_logging(quiet=args.quiet, debug=args.debug)
     try:
         return args.func(args) or 0
     except UserError as e:

@@ -20,6 +20,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from scratchllm.util.log import REPORT, get_logger
+
+logger = get_logger(__name__)
+
 VOCAB_SIZE = 4096
 VAL_PLAYS = 3
 DEFAULT_MINUTES = 6.0  # training budget; the other stages take well under a minute together
@@ -104,8 +108,7 @@ def _attention_check() -> str:
     return f"softmax(QK^T/sqrt(d) + causal mask) V, step by step, equals fused attention: max diff {diff:.1e}"
 
 
-def prepare_data(source: str, out: Path, val_docs: int, vocab_size: int = VOCAB_SIZE, quiet: bool = False,
-                 log=_say):
+def prepare_data(source: str, out: Path, val_docs: int, vocab_size: int = VOCAB_SIZE, quiet: bool = False):
     """Stage 1 into `out`: raw/ shards, a BPE learned on all but the last `val_docs` documents in
     tokenizer/, and the token folder tokens/ with those documents held out; returns the tokenizer."""
     from scratchllm.data.download import download, iter_downloaded
@@ -113,14 +116,16 @@ def prepare_data(source: str, out: Path, val_docs: int, vocab_size: int = VOCAB_
     from scratchllm.data.tokenize import tokenize_to_dir, train_tokenizer
 
     raw, tok_dir, data_dir = out / "raw", out / "tokenizer", out / "tokens"
-    download(open_source(source), 100 * 10**6, raw, progress=not quiet, log=log)
+    download(open_source(source), 100 * 10**6, raw, progress=not quiet)
     docs = list(iter_downloaded(raw))
     train_docs, held_out = docs[:-val_docs], docs[-val_docs:]
     tok = train_tokenizer([d.text for d in train_docs], vocab_size, tok_dir, quiet=quiet)
-    log(f"learned a {tok.vocab_size:,}-token BPE on {len(train_docs)} texts -> {tok_dir / 'tokenizer.json'}")
-    meta = tokenize_to_dir(raw, tok, data_dir, val_docs=val_docs, quiet=quiet, log=log)
+    logger.info(f"learned a {tok.vocab_size:,}-token BPE on {len(train_docs)} texts -> "
+                f"{tok_dir / 'tokenizer.json'}", extra=REPORT)
+    meta = tokenize_to_dir(raw, tok, data_dir, val_docs=val_docs, quiet=quiet)
     names = ", ".join(d.id for d in held_out[:3]) + (", ..." if len(held_out) > 3 else "")
-    log(f"tokens -> {data_dir}: train {meta['train']['tokens']:,}, val {meta['val']['tokens']:,} ({names})")
+    logger.info(f"tokens -> {data_dir}: train {meta['train']['tokens']:,}, val {meta['val']['tokens']:,} "
+                f"({names})", extra=REPORT)
     return tok
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +21,10 @@ from scratchllm.util.disk import default_min_free, disk_free, guard_disk
 from scratchllm.util.errors import UserError, one_line
 from scratchllm.util.files import atomic_path, atomic_write_json, sha256_file
 from scratchllm.util.locks import folder_lock
+from scratchllm.util.log import REPORT, get_logger
 from scratchllm.util.sizes import format_size
+
+logger = get_logger(__name__)
 
 MANIFEST = "manifest.json"
 # How a download or tokenize stopped by the disk guard goes on.
@@ -93,8 +95,8 @@ def iter_downloaded(folder: str | Path, start: int = 0) -> Iterator[Document]:
     order (the shards before `start` are not read)."""
     manifest = read_manifest(folder)
     if not manifest.get("complete"):
-        print(f"note: {folder} is an unfinished download ({manifest.get('docs', 0):,} documents so far); "
-              "using what is there", file=sys.stderr)
+        logger.warning(f"note: {folder} is an unfinished download ({manifest.get('docs', 0):,} documents so "
+                       "far); using what is there")
     for entry in manifest["shards"]:
         if entry["last_doc"] >= start:
             docs = read_shard(folder, entry)
@@ -143,15 +145,16 @@ def download_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
 
 def download(source: Source, target_bytes: int, out: str | Path, shard_size: int = 100 * 10**6,
              min_free: int | None = None, keep_columns: list[str] | tuple = (), progress: bool = True,
-             free_space: Callable[[Path], int] = disk_free, log: Callable[[str], None] = print) -> dict:
+             free_space: Callable[[Path], int] = disk_free) -> dict:
     """Save documents of `source` into parquet shards in `out` until `target_bytes` of text; resumable."""
     out = Path(out)
     keep_columns = _checked_arguments(target_bytes, shard_size, keep_columns)
     seen = _manifest_bytes(out)
-    manifest = _existing_manifest(out, source.spec, target_bytes, shard_size, keep_columns, log)
+    manifest = _existing_manifest(out, source.spec, target_bytes, shard_size, keep_columns)
     if manifest and manifest["complete"]:
-        log(f"{out} already holds the complete download: {len(manifest['shards'])} shards, "
-            f"{manifest['docs']:,} documents, {format_size(manifest['bytes'])}; nothing to do")
+        logger.info(f"{out} already holds the complete download: {len(manifest['shards'])} shards, "
+                    f"{manifest['docs']:,} documents, {format_size(manifest['bytes'])}; nothing to do",
+                    extra=REPORT)
         return manifest
     min_free = default_min_free(out, filling=True) if min_free is None else min_free
     free = free_space(out)
@@ -168,7 +171,8 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
         # The last shard reached the target but the run stopped before saying so.
         manifest["complete"] = True
         atomic_write_json(out / MANIFEST, manifest)
-        log(f"{out} holds the complete download: {len(shards)} shards, {manifest['docs']:,} documents")
+        logger.info(f"{out} holds the complete download: {len(shards)} shards, {manifest['docs']:,} "
+                    "documents", extra=REPORT)
         return manifest
     start = shards[-1]["last_doc"] + 1 if shards else 0
     docs = source.documents(start, manifest.get("stream_state") if shards else None)
@@ -181,15 +185,17 @@ def download(source: Source, target_bytes: int, out: str | Path, shard_size: int
         with download_lock(out):
             _clear_for(out, manifest, seen)
             if shards:
-                log(f"resuming {out}: {len(shards)} shards, {manifest['docs']:,} documents, "
-                    f"{format_size(manifest['bytes'])} already saved; continuing at document {start:,}")
+                logger.info(f"resuming {out}: {len(shards)} shards, {manifest['docs']:,} documents, "
+                            f"{format_size(manifest['bytes'])} already saved; continuing at document "
+                            f"{start:,}", extra=REPORT)
             _fill(source, docs, first, manifest, out, target_bytes, shard_size, min_free, keep_columns,
                   schema, progress, free_space)
     if manifest["exhausted"] and manifest["bytes"] < target_bytes:
-        log(f"note: {source.spec} ended after {manifest['docs']:,} documents, "
-            f"{format_size(manifest['bytes'])}: less than the target {format_size(target_bytes)}")
-    log(f"saved {len(shards)} shards, {manifest['docs']:,} documents, {format_size(manifest['bytes'])} "
-        f"of text in {out}")
+        logger.info(f"note: {source.spec} ended after {manifest['docs']:,} documents, "
+                    f"{format_size(manifest['bytes'])}: less than the target {format_size(target_bytes)}",
+                    extra=REPORT)
+    logger.info(f"saved {len(shards)} shards, {manifest['docs']:,} documents, "
+                f"{format_size(manifest['bytes'])} of text in {out}", extra=REPORT)
     return manifest
 
 
@@ -239,8 +245,8 @@ def _manifest_bytes(out: Path) -> bytes | None:
         return None
 
 
-def _existing_manifest(out: Path, spec: str, target_bytes: int, shard_size: int, keep_columns: list[str],
-                       log: Callable[[str], None] = print) -> dict | None:
+def _existing_manifest(out: Path, spec: str, target_bytes: int, shard_size: int,
+                       keep_columns: list[str]) -> dict | None:
     """The manifest to resume, None for a fresh folder; refuse a folder holding anything else.
 
     Every listed shard's size and sha256 are checked. From the first one missing or damaged on, the
@@ -278,7 +284,8 @@ def _existing_manifest(out: Path, spec: str, target_bytes: int, shard_size: int,
     start = kept[-1]["last_doc"] + 1 if kept else 0
     after = len(m["shards"]) - cut - 1
     also = f" and the {after} shards after it" if after else ""
-    log(f"note: {out / m['shards'][cut]['file']} {why}; downloading it{also} again, from document {start:,}")
+    logger.info(f"note: {out / m['shards'][cut]['file']} {why}; downloading it{also} again, from document "
+                f"{start:,}", extra=REPORT)
     # Shard boundaries depend only on the documents, so refilling from the cut ends with exactly the files
     # an uninterrupted run writes. The stream state saved is that of the last shard, not of the cut:
     # without it the source skips to the cut by reading from its start.

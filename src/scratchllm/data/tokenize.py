@@ -39,6 +39,9 @@ from scratchllm.util.disk import default_min_free, disk_free
 from scratchllm.util.errors import UserError
 from scratchllm.util.files import remove_stale_temps
 from scratchllm.util.locks import folder_lock
+from scratchllm.util.log import REPORT, get_logger
+
+logger = get_logger(__name__)
 
 BATCH_BYTES = 1 << 20
 DEFAULT_VAL_FRACTION = 0.01  # of the documents, for a source without its own split
@@ -239,7 +242,7 @@ def _encode_into(writer: ShardWriter, source, tok: Tokenizer, workers: int, batc
 def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
                     val_fraction: float | None = None, workers: int | None = None, quiet: bool = False,
                     batch_bytes: int = BATCH_BYTES, shard_tokens: int = DEFAULT_SHARD_TOKENS,
-                    min_free: int | None = None, free_space=disk_free, log=print) -> dict:
+                    min_free: int | None = None, free_space=disk_free) -> dict:
     """Encode `source` into a token folder (out_dir/train_000000.bin, ..., meta.json); return meta.json's
     content. Run again after an interruption, it continues after the last complete shard.
 
@@ -262,14 +265,15 @@ def tokenize_to_dir(source, tokenizer, out_dir, val_docs: int | None = None,
         margin = default_min_free(out, filling=True) if min_free is None else min_free
         writer = ShardWriter(out, identity, plan, margin, free_space)
         if writer.meta["complete"]:
-            log(f"{out} already holds these tokens, complete: {len(writer.shards)} shards; nothing to do")
+            logger.info(f"{out} already holds these tokens, complete: {len(writer.shards)} shards; "
+                        "nothing to do", extra=REPORT)
             return writer.meta
         if not tok.pretrained_name:
             tok.save(out)  # before any shard: meta.json names it
         writer.clear()
         if writer.shards:
-            log(f"resuming {out}: {writer.saved()[len('Saved so far: '):]}; continuing at document "
-                f"{writer.next_doc:,}")
+            logger.info(f"resuming {out}: {writer.saved()[len('Saved so far: '):]}; continuing at document "
+                        f"{writer.next_doc:,}", extra=REPORT)
         _encode_into(writer, source, tok, workers, batch_bytes, quiet)
         return writer.finish(time.perf_counter() - start)
 

@@ -48,7 +48,7 @@ def evaluate(model, val, tc: TrainConfig, block_size: int, device, dist: Dist,
     return (total[0] / total[1]).item()
 
 
-def heldout_loss(run: str | Path, data: str | Path | None, device, dist, warn=print) -> dict:
+def heldout_loss(run: str | Path, data: str | Path | None, device, dist) -> dict:
     """val_loss, val_ppl and val_bpb (None when the token folder has no byte counts) of the run's newest
     checkpoint on `data` (default: the token folder it was trained on), and what was measured."""
     from scratchllm.data.folder import TokenFolder
@@ -57,7 +57,7 @@ def heldout_loss(run: str | Path, data: str | Path | None, device, dist, warn=pr
     if not (Path(run) / "config.toml").is_file() and (Path(run) / "config.json").is_file():
         raise UserError(f"{run} is a transformers folder: the held-out loss needs a run folder; "
                         "pass --task to evaluate it on a task")
-    cfg, model, path = load_run(run, device, warn=warn)
+    cfg, model, path = load_run(run, device)
     given, data = data is not None, data or cfg.train.data
     if not data:
         raise UserError(f"{run}: no token folder recorded; pass --data DIR")

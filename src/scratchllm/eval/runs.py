@@ -7,10 +7,13 @@ import math
 from pathlib import Path
 
 from scratchllm.util.errors import UserError
+from scratchllm.util.log import get_logger
+
+logger = get_logger(__name__)
 
 
 def evaluate_run(run: str | Path, task: str = "loss", data: str | None = None, data_file: str | None = None,
-                 limit: int | None = None, quiet: bool = False, warn=print) -> dict | None:
+                 limit: int | None = None, quiet: bool = False) -> dict | None:
     """Measure `run` on `task` (loss, a task name or core); the `eval --json` object, None off rank 0.
 
     Under torchrun the items (or the validation batches) are shared out over the ranks.
@@ -26,17 +29,16 @@ def evaluate_run(run: str | Path, task: str = "loss", data: str | None = None, d
     if task != "loss" and data is not None:
         raise UserError("--data DIR is the token folder of the held-out loss; a task reads --data-file")
     dist, device = setup("auto")
-    say = warn if dist.main else (lambda msg: None)
     try:
         if task == "loss":
-            out = {"run": str(run), "task": "loss", **heldout_loss(run, data, device, dist, warn=say)}
+            out = {"run": str(run), "task": "loss", **heldout_loss(run, data, device, dist)}
         else:
-            model, tok, dtype, label = load_model(run, device, warn=say)
+            model, tok, dtype, label = load_model(run, device)
             suite = TaskSuite([task], tok, model.config.block_size, model.config.vocab_size, dist, limit,
-                              data_file, warn=say)
+                              data_file)
             precision = resolve(dtype, device)
             if precision.warning:
-                say(precision.warning)
+                logger.warning(precision.warning)
             out = {"run": str(run), "task": task, "model": label, "dtype": precision.dtype,
                    **suite.evaluate(model, device, precision.dtype, progress=not quiet)}
     finally:

@@ -25,6 +25,9 @@ import numpy as np
 from scratchllm.eval import bigbench, hellaswag
 from scratchllm.eval.items import Item, Sequences, Task, settle, tokenize
 from scratchllm.util.errors import UserError
+from scratchllm.util.log import get_logger
+
+logger = get_logger(__name__)
 
 HELLASWAG_TASKS = {
     "hellaswag": Task("hellaswag", "mc", 0, " ", 0.25, False, hellaswag.items),
@@ -106,7 +109,7 @@ class TaskSuite:
     """
 
     def __init__(self, names: list[str], tokenizer, block_size: int, vocab_size: int, dist,
-                 limit: int | None = None, data_file: str | None = None, warn=lambda msg: None):
+                 limit: int | None = None, data_file: str | None = None):
         if limit is not None and limit < 1:
             raise UserError(f"--limit must be at least 1, got {limit}")
         self.dist = dist
@@ -116,7 +119,7 @@ class TaskSuite:
                                       for n in (CORE_SUITE if name == "core" else [name])))
         self.left_out: dict[str, str] = {}
         if self.core and data_file is None:  # a file given is meant to be read: a problem is an error
-            self._leave_out_missing_hellaswag(expanded, warn)
+            self._leave_out_missing_hellaswag(expanded)
         self.prepared = []
         for name in expanded:
             if name in self.left_out:
@@ -137,7 +140,7 @@ class TaskSuite:
         later = dist.on_every_rank(lambda: task.load(data_file) if dist.local_rank != 0 else None)
         return first if dist.local_rank == 0 else later
 
-    def _leave_out_missing_hellaswag(self, names: list[str], warn) -> None:
+    def _leave_out_missing_hellaswag(self, names: list[str]) -> None:
         """Core counts HellaSwag only where its file is cached or can be fetched; else the rest is scored."""
         if not any(n in HELLASWAG_TASKS for n in names):
             return
@@ -152,7 +155,7 @@ class TaskSuite:
             for n in names:
                 if n in HELLASWAG_TASKS:
                     self.left_out[n] = reasons[0]
-            warn(f"note: core leaves out {', '.join(self.left_out)}: {reasons[0]}")
+            logger.warning(f"note: core leaves out {', '.join(self.left_out)}: {reasons[0]}")
 
     def results(self, model, device, dtype: str = "float32", progress: bool = False) -> list[TaskResult]:
         """Score every task with `model` (in eval mode; its training mode is restored)."""

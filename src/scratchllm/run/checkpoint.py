@@ -34,9 +34,12 @@ from scratchllm.runtime.rng import check_rng_state, rng_state
 from scratchllm.util.disk import default_min_free, disk_free, guard_disk
 from scratchllm.util.errors import UserError, one_line
 from scratchllm.util.files import fsync_dir, sha256_file
+from scratchllm.util.log import get_logger
 from scratchllm.util.sizes import format_size
 
 MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "state.json"
+
+logger = get_logger(__name__)
 
 
 def _fsync(path: Path) -> None:
@@ -323,26 +326,26 @@ def find_checkpoint(ckpt_dir: str | Path,
     return None, problems
 
 
-def latest_checkpoint(ckpt_dir: str | Path, warn=print, training: bool = False) -> tuple[Path, dict] | None:
-    """The newest checkpoint that verifies, with its state; broken newer ones are reported via `warn`."""
+def latest_checkpoint(ckpt_dir: str | Path, training: bool = False) -> tuple[Path, dict] | None:
+    """The newest checkpoint that verifies, with its state; broken newer ones are logged as warnings."""
     found, problems = find_checkpoint(ckpt_dir, training)
     for problem in problems:
-        warn(f"warning: skipping checkpoint {problem}")
+        logger.warning(f"warning: skipping checkpoint {problem}")
     return found
 
 
-def resume_point(ckpt_dir: str | Path, warn=print) -> tuple[tuple[Path, dict] | None, str | None]:
-    """For --resume: the newest checkpoint training can continue from, with newer unusable ones reported
-    through `warn` and set aside; or None and why the newest one is unusable (None if there is none)."""
+def resume_point(ckpt_dir: str | Path) -> tuple[tuple[Path, dict] | None, str | None]:
+    """For --resume: the newest checkpoint training can continue from, with newer unusable ones logged
+    as warnings and set aside; or None and why the newest one is unusable (None if there is none)."""
     found, problems = find_checkpoint(ckpt_dir, training=True)
     if found is None:
         return None, problems[0] if problems else None
     for problem in problems:
-        warn(f"warning: skipping checkpoint {problem}")
+        logger.warning(f"warning: skipping checkpoint {problem}")
     # Training will pass their steps again, and pruning must never keep them over the good checkpoints
     # it writes, so they are renamed, kept for a look.
     for moved in set_aside_newer(ckpt_dir, found[0]):
-        warn(f"note: moved the unusable {moved.name.removeprefix('broken_')} to {moved}")
+        logger.warning(f"note: moved the unusable {moved.name.removeprefix('broken_')} to {moved}")
     return found, None
 
 

@@ -36,7 +36,7 @@ def is_earlier_export(folder: Path) -> bool:
         return False
 
 
-def export_run(run: str | Path, out: str | Path, quiet: bool = False, warn=print) -> tuple[Path, Path, bool]:
+def export_run(run: str | Path, out: str | Path, quiet: bool = False) -> tuple[Path, Path, bool]:
     """Write the run's newest valid checkpoint as a transformers GPT-2 folder `out`, with the run's
     tokenizer when it has one; returns (out, checkpoint folder, whether tokenizer files were written).
 
@@ -52,7 +52,7 @@ def export_run(run: str | Path, out: str | Path, quiet: bool = False, warn=print
                         "pick another --out")
     if quiet:
         transformers.utils.logging.disable_progress_bar()
-    cfg, model, path = load_run(run, warn=warn)
+    cfg, model, path = load_run(run)
     try:
         tok = run_tokenizer(run, cfg)
     except UserError:

@@ -10,9 +10,12 @@ from pathlib import Path
 
 from scratchllm.run.checkpoint import find_checkpoint, load_model_weights
 from scratchllm.util.errors import UserError
+from scratchllm.util.log import get_logger
+
+logger = get_logger(__name__)
 
 
-def load_run(run: str | Path, device="cpu", warn=print):
+def load_run(run: str | Path, device="cpu"):
     """(config, model in eval mode, checkpoint folder) of a run's newest valid checkpoint."""
     from scratchllm.config import load_run_config
     from scratchllm.model.gpt import GPT
@@ -34,7 +37,7 @@ def load_run(run: str | Path, device="cpu", warn=print):
                 raise
             continue  # pruned by the training run after the check: a newer checkpoint is there
         for problem in problems:
-            warn(f"warning: skipping checkpoint {problem}")
+            logger.warning(f"warning: skipping checkpoint {problem}")
         return cfg, model.to(device).eval(), found[0]
 
 
@@ -75,11 +78,11 @@ class HFTokenizer:
         return ids
 
 
-def load_model(path: str | Path, device, warn=print):
+def load_model(path: str | Path, device):
     """(model in eval mode, tokenizer, train.dtype setting, a label) of a run or a transformers folder."""
     path = Path(path)
     if (path / "config.toml").is_file() or not (path / "config.json").is_file():
-        cfg, model, ckpt = load_run(path, device, warn=warn)
+        cfg, model, ckpt = load_run(path, device)
         try:
             tok = run_tokenizer(path, cfg)
         except UserError as e:

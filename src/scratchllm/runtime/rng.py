@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import base64
 import random
-import warnings
 
 import numpy as np
 import torch
+
+from scratchllm.util.log import get_logger
+
+logger = get_logger(__name__)
 
 
 def _b64(t: torch.Tensor) -> str:
@@ -51,8 +54,8 @@ def set_rng_state(state: dict) -> None:
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
         else:
-            warnings.warn(f"checkpoint saved {len(cuda)} CUDA RNG states, this machine has "
-                          f"{torch.cuda.device_count()} GPUs: CUDA RNG not restored", stacklevel=2)
+            logger.warning(f"warning: the checkpoint saved {len(cuda)} CUDA RNG states, this machine has "
+                           f"{torch.cuda.device_count()} GPUs: CUDA RNG not restored")
 
 
 def check_rng_state(state) -> None:

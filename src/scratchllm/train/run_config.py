@@ -7,21 +7,19 @@ evaluation interval), and a changed `--max-steps` is pointed out, since it also 
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from scratchllm.config import Config, build_config, load_run_config
 from scratchllm.util.errors import UserError
+from scratchllm.util.log import get_logger
 
-
-def _to_stderr(message: str) -> None:
-    print(message, file=sys.stderr)
+logger = get_logger(__name__)
 
 
 def run_config(out: str | Path, resume: bool = False, preset: str | None = None,
                config_file: str | Path | None = None, sets: Sequence[str] = (), max_steps: int | None = None,
-               max_minutes: float | None = None, warn: Callable[[str], None] = _to_stderr) -> Config:
+               max_minutes: float | None = None) -> Config:
     """The validated config for training into the run folder `out` (see the module docstring)."""
     saved = Path(out) / "config.toml"
     resuming = resume and saved.is_file()
@@ -34,8 +32,9 @@ def run_config(out: str | Path, resume: bool = False, preset: str | None = None,
         cfg = build_config(preset, config_file, sets)
     if max_steps is not None:
         if resuming and max_steps != cfg.train.max_steps:
-            warn(f"note: --max-steps {max_steps} (the run's was {cfg.train.max_steps}) also stretches "
-                 "the cosine schedule, so the learning rate from here on differs from the run's plan")
+            logger.warning(f"note: --max-steps {max_steps} (the run's was {cfg.train.max_steps}) also "
+                           "stretches the cosine schedule, so the learning rate from here on differs from "
+                           "the run's plan")
         cfg = cfg.update({"train": {"max_steps": max_steps}}, "--max-steps")
     if max_minutes is not None:
         cfg = cfg.update({"train": {"max_minutes": max_minutes}}, "--max-minutes")

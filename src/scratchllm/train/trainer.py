@@ -35,6 +35,9 @@ from scratchllm.train.metrics import MetricsLog, sample_entry, truncate_samples
 from scratchllm.train.optim import make_optimizer
 from scratchllm.util.errors import UserError
 from scratchllm.util.locks import folder_lock
+from scratchllm.util.log import get_logger
+
+logger = get_logger(__name__)
 
 # Dense bf16 peak of GPUs, for MFU in the progress bar (CPUs: measure it, see benchmarks/); the first
 # entry whose words are all in the device name wins.
@@ -92,13 +95,13 @@ def sample_text(model, tokenizer, n_tokens: int, device, seed: int) -> str | Non
     return tokenizer.decode(out[0, 1:].tolist())
 
 
-def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist, warn) -> tuple[Path, dict] | None:
+def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist) -> tuple[Path, dict] | None:
     """The checkpoint every rank continues from: rank 0 chooses, so ranks on machines without a shared
     filesystem cannot each pick their own newest; every rank then checks its copy of that one."""
     choice: tuple[bool, str | None, str | None] = (bool(ckpt.list_checkpoints(ckpt_dir)), None, None)
     found = None
     if dist.main and resume:
-        found, why = ckpt.resume_point(ckpt_dir, warn)  # newer broken ones are set aside
+        found, why = ckpt.resume_point(ckpt_dir)  # newer broken ones are set aside
         choice = (choice[0], found[0].name if found else None, why)
     exists, name, why = dist.broadcast(choice)
     if exists and not resume:
@@ -109,7 +112,7 @@ def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist, warn) -> tuple[Path,
                         "would overwrite the run's log: move the folder away to do that")
     if name is None:
         if resume:
-            warn(f"note: no checkpoint in {ckpt_dir} to resume from; starting from step 0")
+            logger.warning(f"note: no checkpoint in {ckpt_dir} to resume from; starting from step 0")
         return None
 
     def verified():
@@ -169,11 +172,9 @@ class Trainer:
         self.dist, self.device = dist or Dist(), device or torch.device("cpu")
         self.out, self.val_tokens, self.meta, self.quiet = out, val_tokens, meta or {}, quiet
         main = self.dist.main
-        self.say = (lambda msg: tqdm_write(msg)) if main and not quiet else (lambda msg: None)
-        self.warn = (lambda msg: print(msg, file=sys.stderr)) if main else (lambda msg: None)
         self.precision = resolve(self.tc.dtype, self.device)
         if self.precision.warning:
-            self.warn(self.precision.warning)
+            logger.warning(self.precision.warning)
         # The document boundaries `train.align` looks for: meta.json's end-of-text id, else GPT-2's.
         self.eot_id = eot_id if eot_id is not None else self.meta.get("eot_id", DEFAULT_EOT)
         self._build(train_tokens)
@@ -216,7 +217,8 @@ class Trainer:
             problems = [p for p in dist.gather(compile_problem(device)) if p]  # all ranks compile, or none
             compiled = not problems
             if problems:
-                self.warn(f"warning: torch.compile does not work here ({problems[0]}); training without it")
+                logger.warning(f"warning: torch.compile does not work here ({problems[0]}); training without "
+                               "it")
         self.ddp = None
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -237,7 +239,7 @@ class Trainer:
                             "folder)")
         model = self.cfg.model
         return TaskSuite(self.tc.eval_tasks, self.tokenizer, model.block_size, model.vocab_size, self.dist,
-                         limit=self.tc.task_limit or None, warn=self.warn)
+                         limit=self.tc.task_limit or None)
 
     @property
     def run_dir(self) -> Path:
@@ -257,7 +259,7 @@ class Trainer:
         self.steps = self.step_log = self.saved_at = state["step"]
         self.best_val = math.inf if state.get("best_val") is None else state["best_val"]
         self.best_ckpt = self.run_dir / "ckpt" / state["best_ckpt"] if state.get("best_ckpt") else None
-        self.say(f"resuming from {path} (step {self.steps})")
+        logger.info(f"resuming from {path} (step {self.steps})")
 
     def step(self) -> torch.Tensor:
         """One optimizer step of `grad_accum` micro-batches per rank; the mean loss, left on the device."""
@@ -325,8 +327,8 @@ class Trainer:
             with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
                 f.write(sample_entry(self.steps, val_loss, text))
         self._plot()
-        self.say(f"step {self.steps}: val loss {val_loss:.4f}"
-                 + (f", {row['val_bpb']:.3f} bits/byte" if "val_bpb" in row else ""))
+        logger.info(f"step {self.steps}: val loss {val_loss:.4f}"
+                    + (f", {row['val_bpb']:.3f} bits/byte" if "val_bpb" in row else ""))
         return val_loss
 
     def _plot(self) -> None:
@@ -346,7 +348,7 @@ class Trainer:
                 self.metrics.log(**row)
             self._plot()
             scores = [f"{name} {r.get('acc_norm', r['acc']):.3f}" for name, r in out["results"].items()]
-            self.say(f"step {self.steps}: {', '.join(scores)}")
+            logger.info(f"step {self.steps}: {', '.join(scores)}")
         return out
 
     def tasks_due(self) -> bool:
@@ -394,7 +396,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         tc = self.tc
-        self.say(f"precision: {self.precision.dtype} ({self.precision.reason})")
+        logger.info(f"precision: {self.precision.dtype} ({self.precision.reason})")
         self.bar = tqdm(total=tc.max_steps, initial=self.steps, disable=self.quiet or self.metrics is None,
                         unit="step", dynamic_ncols=True, file=sys.stderr)
         val_loss = self.evaluate() if self.steps == 0 and tc.eval_every else None
@@ -413,7 +415,7 @@ class Trainer:
             # Still inside the signal handler: a Ctrl-C during the final evaluation must not lose the
             # steps since the last checkpoint. A signal asks for a quick exit: the checkpoint only.
             self.bar.close()
-            self.say(f"stopping: {reason}")
+            logger.info(f"stopping: {reason}")
             if self.evaluated_at != self.steps and not self._stop_flags[0]:
                 val_loss = self.evaluate()
             if self.tasks is not None and self.tasks_at != self.steps and not self._stop_flags[0]:
@@ -431,13 +433,6 @@ class Trainer:
         if bpb is not None:
             summary["val_bpb"] = bpb
         return summary
-
-
-def tqdm_write(msg: str) -> None:
-    """A message above the progress bar, on stderr."""
-    from tqdm.auto import tqdm
-
-    tqdm.write(msg, file=sys.stderr)
 
 
 def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None) -> None:
@@ -461,7 +456,7 @@ def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None) -> No
     before = found[1].get("dtype") if found is not None else None
     if before != precision.dtype:  # a fresh run, or a resume that chose again on other hardware
         if before is not None:
-            trainer.say(f"note: the checkpoint was trained in {before}; continuing in {precision.dtype}")
+            logger.info(f"note: the checkpoint was trained in {before}; continuing in {precision.dtype}")
         metrics.log(step=step, dtype=precision.dtype, dtype_reason=precision.reason,
                     device=str(trainer.device))
     if trainer.tokenizer is not None and found is None:
@@ -480,14 +475,13 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     lock = contextlib.ExitStack()
     try:
         data_dir, out = Path(data_dir), Path(out_dir)
-        warn = (lambda msg: print(msg, file=sys.stderr)) if dist.main else (lambda msg: None)
         named = dist.on_every_rank(lambda: named_tokenizer(tokenizer)) if tokenizer else None
         # Ranks on machines without a shared filesystem may see different data folders.
         folder, cfg = dist.on_every_rank(lambda: open_data(data_dir, cfg, verify, named))
         dist.on_every_rank(lambda: check_fits(cfg, device))  # before building what cannot fit
         # One job writes a run folder at a time: rank 0 holds its lock for all the ranks, until the end.
         dist.on_every_rank(lambda: dist.main and lock.enter_context(folder_lock(out, "training")))
-        found = _resume_point(out / "ckpt", resume, dist, warn)
+        found = _resume_point(out / "ckpt", resume, dist)
         cfg = replace(cfg, train=replace(cfg.train, data=str(data_dir.resolve())))
         # Rank 0 writes text samples; with downstream tasks every rank scores its share of the items.
         tok = named or (load_tokenizer(data_dir) if dist.main or cfg.train.eval_tasks else None)
