@@ -216,3 +216,21 @@ def test_signal_during_the_final_evaluation_still_saves(data, tmp_path, monkeypa
     assert summary["step"] == 6 and calls[0] == 2 and "token budget" in summary["stop_reason"]
     state = _strict_json(tmp_path / "run" / "ckpt" / "step_6" / ck.STATE_FILE)
     assert state["step"] == 6 and state["val_loss"] == summary["val_loss"]
+
+
+def test_a_checkpoint_of_the_earlier_format_resumes_exactly(data, tmp_path):
+    """One process used to write its generators only as "rng" (no "rng_ranks"): such a checkpoint is read
+    as before, every part restored, and the resumed run logs what the uninterrupted one does."""
+    from scratchllm.run import checkpoint as ck
+    from scratchllm.train import train
+
+    cfg = _cfg(train__max_steps=10, train__eval_every=4)
+    train(cfg, data, tmp_path / "full", quiet=True)
+    run = tmp_path / "run"
+    train(_cfg(train__max_steps=10, train__eval_every=4, train__max_tokens=7 * 8 * 64), data, run, quiet=True)
+    state_file = run / "ckpt" / "step_7" / ck.STATE_FILE
+    state = json.loads(state_file.read_text())
+    assert state.pop("rng_ranks") == [state["rng"]]
+    state_file.write_text(json.dumps(state))  # as the earlier code wrote it
+    summary = train(cfg, data, run, resume=True, quiet=True)
+    assert summary["step"] == 10 and _rows(run) == _rows(tmp_path / "full")

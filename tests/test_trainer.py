@@ -134,11 +134,41 @@ def test_device_names_are_checked(monkeypatch):
 def test_a_second_ctrl_c_stops_at_once():
     import signal
 
-    from scratchllm.train.trainer import _StopSignals
+    from scratchllm.train.state import StopSignals
 
-    with _StopSignals() as stop:
+    with StopSignals() as stop:
         signal.raise_signal(signal.SIGINT)
         assert stop.received == "SIGINT"  # the first only asks for a stop at the end of the step
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("how", ["signal", "time"])
+def test_a_loop_of_one_s_own_that_calls_step_alone_stops_on_a_signal_or_the_time_budget(how):
+    """No log_step between the steps (as a benchmark's loop): should_stop still sees the stop."""
+    import signal
+
+    from scratchllm.train.state import StopSignals
+    from scratchllm.train.trainer import Trainer
+
+    tokens = np.random.default_rng(0).integers(0, 256, 5_000).astype(np.uint16)
+    budget = 1e-9 if how == "time" else 0  # minutes
+    trainer = Trainer(_cfg(model__vocab_size=256, train__max_steps=100, train__max_minutes=budget), tokens)
+    with StopSignals() as trainer.signals:
+        trainer.step()
+        expected = "reached the time budget of 1e-09 minutes" if how == "time" else None
+        assert trainer.should_stop() == expected
+        if how == "signal":
+            signal.raise_signal(signal.SIGTERM)
+            trainer.step()  # the step under way finishes; then the loop hears of the signal
+            assert trainer.should_stop() == "received SIGTERM"
+    assert trainer.steps == (1 if how == "time" else 2)
+
+
+def test_the_schedules_training_and_a_resume_share():
+    tc = TrainConfig(max_steps=25, eval_every=10, task_every=0)
+    assert [s for s in range(30) if tc.eval_due(s)] == [0, 10, 20, 25, 26, 27, 28, 29]
+    assert [s for s in range(30) if tc.tasks_due(s)] == [25, 26, 27, 28, 29]  # at the end only
+    tc = TrainConfig(max_steps=25, eval_every=10, task_every=6)
+    assert [s for s in range(26) if tc.tasks_due(s)] == [0, 6, 12, 18, 24, 25]

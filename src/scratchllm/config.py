@@ -143,6 +143,16 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     data: str = ""  # token folder the run was trained on (filled in by `train`)
 
+    def eval_due(self, step: int) -> bool:
+        """Whether the validation loss is measured after optimizer step `step`: every eval_every steps and
+        at max_steps. Training asks here, and so does a resume cutting the log back, so they agree."""
+        return step % self.eval_every == 0 or step >= self.max_steps
+
+    def tasks_due(self, step: int) -> bool:
+        """Whether the downstream tasks (eval_tasks) are scored after `step`: every task_every steps (0:
+        none between) and at max_steps."""
+        return bool(self.task_every) and step % self.task_every == 0 or step >= self.max_steps
+
     def validate(self) -> None:
         """Raise UserError for values that cannot work."""
         _check_finite(self, "train")

@@ -1,8 +1,10 @@
 """Checkpoints that are written atomically and loaded without running any code.
 
-`RUN/ckpt/step_N/` holds `model.safetensors` (weights), `optimizer.pt` (AdamW moments, read back with
-`torch.load(weights_only=True)`) and `state.json` (step, RNG states, loader cursor, grad scaler,
-sizes and SHA-256 of the other two files). A checkpoint is built in a hidden temporary folder and
+`RUN/ckpt/step_N/` holds `model.safetensors` (weights), `optimizer.pt` (every optimizer's state:
+AdamW's moments, Muon's momentum; read back with `torch.load(weights_only=True)`) and `state.json`
+(the step and the rest of the training state, each part's under its name, see
+`scratchllm.train.state`; `rng`, the generators of the process that wrote it; the sizes and SHA-256
+of the other two files). A checkpoint is built in a hidden temporary folder and
 renamed into place, and `state.json` is written last, so a crash leaves either a whole checkpoint or
 none; a disk guard refuses to start one that would not fit. A checkpoint is used only once `verify`
 passes: state.json of the right shape, every file of the right size and hash, and loadable. One that
@@ -289,6 +291,8 @@ def verify(path: Path, training: bool = False) -> dict:
     check_state(state, path, training)
     for name, info in state["files"].items():
         _check_file(path, name, info)
+    # One process wrote only its own generators before every rank's were always kept: they are its.
+    state.setdefault("rng_ranks", [state["rng"]])
     return state
 
 

@@ -12,7 +12,6 @@ import contextlib
 import math
 import random
 import re
-import signal
 import sys
 import time
 from dataclasses import replace
@@ -29,10 +28,10 @@ from scratchllm.eval.loss import evaluate, split_bits_per_byte
 from scratchllm.run import checkpoint as ckpt
 from scratchllm.runtime.distributed import Dist, setup, teardown
 from scratchllm.runtime.precision import autocast, resolve
-from scratchllm.runtime.rng import rng_state, set_rng_state
 from scratchllm.train.limits import check_fits
 from scratchllm.train.metrics import MetricsLog, sample_entry, truncate_samples
 from scratchllm.train.optim import make_optimizer
+from scratchllm.train.state import RNGState, ScalerState, Stateful, StopFlags, StopSignals, TrainState
 from scratchllm.util.errors import UserError
 from scratchllm.util.locks import folder_lock
 from scratchllm.util.log import get_logger
@@ -127,42 +126,14 @@ def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist) -> tuple[Path, dict]
     return dist.on_every_rank(verified)  # every rank raises, none waits forever
 
 
-class _StopSignals:
-    """SIGINT/SIGTERM set a flag: the current step finishes, a checkpoint is saved, exit 0.
-
-    A second signal acts as it would without this handler (Ctrl-C twice stops at once, unsaved).
-    """
-
-    def __init__(self):
-        self.received = None
-        self._old = {}
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received is not None:
-            signal.signal(signum, self._old[signum])
-            signal.raise_signal(signum)
-            return
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
-
-
 class Trainer:
     """One run's model, optimizers, loader and log, with the steps of training as methods.
 
     Built from a config and token arrays; with `out` it also evaluates into, and saves to, a run
     folder. `train()` below is the whole loop; benchmarks and the demo call `step()` alone.
+
+    A checkpoint holds the model, the optimizers, the train state (`self.state`) and the `parts` (see
+    `scratchllm.train.state`): a part added to `parts` is saved and restored with the rest.
     """
 
     def __init__(self, cfg: Config, train_tokens, val_tokens=None, meta: dict | None = None,
@@ -177,17 +148,20 @@ class Trainer:
             logger.warning(self.precision.warning)
         # The document boundaries `train.align` looks for: meta.json's end-of-text id, else GPT-2's.
         self.eot_id = eot_id if eot_id is not None else self.meta.get("eot_id", DEFAULT_EOT)
-        self._build(train_tokens)
-        self.steps, self.best_val = 0, math.inf
-        self.best_ckpt: Path | None = None
-        self.evaluated_at = self.saved_at = self.tasks_at = -1
         tc = self.tc
         self.tokens_per_step = tc.batch_size * cfg.model.block_size * tc.grad_accum * self.dist.world_size
+        self.state = TrainState(self.tokens_per_step, self.dist.world_size, self.precision.dtype)
+        self._build(train_tokens)
+        # What a checkpoint holds besides the weights, the optimizers and the train state, each under its
+        # name in state.json (scratchllm.train.state).
+        self.parts: dict[str, Stateful] = {"loader": self.loader, "scaler": ScalerState(self.scaler),
+                                           "rng_ranks": RNGState(self.dist)}
+        self.evaluated_at = self.saved_at = self.tasks_at = -1
         self.metrics = MetricsLog(out / "metrics.jsonl") if out is not None and main else None
         self.tokenizer = tokenizer  # for text samples and downstream tasks
         self.tasks = self._task_suite() if self.tc.eval_tasks else None
-        self._stop_flags = [False, False]  # a stop signal, the time budget: as all ranks last agreed
-        self.signals: _StopSignals | None = None
+        self.stop = StopFlags()  # alone: after each step; under torchrun: as the ranks last agreed
+        self.signals: StopSignals | None = None
         self.bar: Any = None  # the progress bar, while `fit` runs
         self.t_start = self.t_log = time.perf_counter()
         self.step_log = 0
@@ -242,23 +216,26 @@ class Trainer:
                          limit=self.tc.task_limit or None)
 
     @property
+    def steps(self) -> int:
+        """Optimizer steps taken (the train state's step)."""
+        return self.state.step
+
+    @property
     def run_dir(self) -> Path:
         """The run folder (only a Trainer built with `out` evaluates into and saves to one)."""
         assert self.out is not None, "this Trainer has no run folder"
         return self.out
 
     def restore(self, path: Path, state: dict) -> None:
-        """Continue from checkpoint `path`: weights, optimizers, scaler, loader, RNGs, step, best."""
+        """Continue from checkpoint `path` (its state.json read by `verify`): every part of the run."""
         ckpt.load_model_weights(self.model, path, self.device)
         ckpt.load_optimizer(self.optimizer, path)
-        if state.get("scaler") and self.precision.uses_scaler:  # empty when saved without float16
-            self.scaler.load_state_dict(state["scaler"])
-        self.loader.load_state_dict(state["loader"])
-        rngs = state.get("rng_ranks") or [state["rng"]]
-        set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else state["rng"])
-        self.steps = self.step_log = self.saved_at = state["step"]
-        self.best_val = math.inf if state.get("best_val") is None else state["best_val"]
-        self.best_ckpt = self.run_dir / "ckpt" / state["best_ckpt"] if state.get("best_ckpt") else None
+        self.state.load_state_dict(state)
+        for name, part in self.parts.items():
+            if name not in state:
+                raise UserError(f"{path}: the checkpoint holds no {name!r} state to continue from")
+            part.load_state_dict(state[name])
+        self.step_log = self.saved_at = self.steps
         logger.info(f"resuming from {path} (step {self.steps})")
 
     def step(self) -> torch.Tensor:
@@ -283,20 +260,28 @@ class Trainer:
             loss_sum += loss.detach()
         self.optimizer.step(self.scaler, self.model.parameters(), tc.grad_clip)
         self.optimizer.zero_grad()
-        self.steps += 1
+        self.state.step += 1
+        if not self.dist.enabled:  # alone, stop at once; ranks must all stop at the same (logged) step
+            self.stop = self._stop_here()
         return loss_sum
 
-    def log_step(self, loss: torch.Tensor) -> None:
-        """At log points: the loss line in metrics.jsonl and the progress bar; the ranks agree on stopping."""
-        tc, dist = self.tc, self.dist
+    def _stop_here(self) -> StopFlags:
+        """The reasons to stop early as this process sees them now."""
+        tc = self.tc
         over_time = bool(tc.max_minutes) and time.perf_counter() - self.t_start >= tc.max_minutes * 60
-        flags = [self.signals is not None and self.signals.received is not None, over_time]
+        signalled = self.signals is not None and self.signals.received is not None
+        return StopFlags(signal=signalled, time=over_time)
+
+    def log_step(self, loss: torch.Tensor) -> None:
+        """At log points: the loss line in metrics.jsonl and the progress bar; under torchrun the ranks
+        also agree there on stopping (in the same collective)."""
+        tc, dist = self.tc, self.dist
         if self.steps % tc.log_every and self.steps != tc.max_steps:
-            if not dist.enabled:  # alone, stop at once; ranks must all stop at the same (logged) step
-                self._stop_flags = flags
             return
         # The one sync per log point; a collective every step would stall the GPU.
-        loss_value, self._stop_flags = dist.mean_and_flags(loss, flags)
+        loss_value, agreed = dist.mean_and_flags(loss, self._stop_here().as_list())
+        if dist.enabled:
+            self.stop = StopFlags(*agreed)
         now = time.perf_counter()
         tok_s = (self.steps - self.step_log) * self.tokens_per_step / max(now - self.t_log, 1e-9)
         self.t_log, self.step_log = now, self.steps
@@ -351,30 +336,19 @@ class Trainer:
             logger.info(f"step {self.steps}: {', '.join(scores)}")
         return out
 
-    def tasks_due(self) -> bool:
-        """Whether the downstream tasks are scheduled at this step (every task_every, and the last)."""
-        tc = self.tc
-        return self.tasks is not None and self.tasks_at != self.steps and (
-            bool(tc.task_every) and self.steps % tc.task_every == 0 or self.steps >= tc.max_steps)
-
     def save(self, val_loss: float | None) -> None:
         """Checkpoint this step (rank 0 writes; every rank's RNG goes in); keep the best and the newest."""
-        rngs = self.dist.gather(rng_state())
+        parts = {name: part.state_dict() for name, part in self.parts.items()}  # all ranks: RNGs are gathered
         self.saved_at = self.steps
         if not self.dist.main:
             return
-        ckpt_dir = self.run_dir / "ckpt"
-        if val_loss is not None and val_loss < self.best_val:
-            self.best_val, self.best_ckpt = val_loss, ckpt_dir / f"step_{self.steps}"
-        state: dict[str, Any] = {"tokens": self.steps * self.tokens_per_step, "val_loss": val_loss,
-                 "best_val": self.best_val if math.isfinite(self.best_val) else None,  # JSON: no Infinity
-                 "best_ckpt": self.best_ckpt.name if self.best_ckpt else None,
-                 "loader": self.loader.state_dict(), "scaler": self.scaler.state_dict(),
-                 "world_size": self.dist.world_size, "dtype": self.precision.dtype}
-        if self.dist.world_size > 1:
-            state["rng_ranks"] = rngs
-        ckpt.save_checkpoint(ckpt_dir, self.steps, self.model, self.optimizer, state)
-        ckpt.prune(ckpt_dir, self.tc.keep_last, self.best_ckpt)
+        state, ckpt_dir = self.state, self.run_dir / "ckpt"
+        state.val_loss = val_loss
+        if val_loss is not None and val_loss < state.best_val:
+            state.best_val, state.best_ckpt = val_loss, f"step_{self.steps}"
+        ckpt.save_checkpoint(ckpt_dir, self.steps, self.model, self.optimizer,
+                             {**state.state_dict(), **parts})
+        ckpt.prune(ckpt_dir, self.tc.keep_last, ckpt_dir / state.best_ckpt if state.best_ckpt else None)
 
     def should_stop(self) -> str | None:
         """Why training stops now (a step or token budget, a signal, the time budget), or None."""
@@ -383,11 +357,10 @@ class Trainer:
             return f"reached max_steps {tc.max_steps}"
         if tc.max_tokens and self.steps * self.tokens_per_step >= tc.max_tokens:
             return f"reached the token budget {tc.max_tokens:,}"
-        by_signal, by_time = self._stop_flags
-        if by_signal:
+        if self.stop.signal:
             received = self.signals.received if self.signals is not None else None
             return f"received {received or 'a stop signal (on another rank)'}"
-        if by_time:
+        if self.stop.time:
             return f"reached the time budget of {tc.max_minutes:g} minutes"
         return None
 
@@ -399,16 +372,14 @@ class Trainer:
         logger.info(f"precision: {self.precision.dtype} ({self.precision.reason})")
         self.bar = tqdm(total=tc.max_steps, initial=self.steps, disable=self.quiet or self.metrics is None,
                         unit="step", dynamic_ncols=True, file=sys.stderr)
-        val_loss = self.evaluate() if self.steps == 0 and tc.eval_every else None
+        val_loss = self.evaluate() if self.steps == 0 else None  # step 0 is on every schedule
         self.t_start = self.t_log = time.perf_counter()
-        with _StopSignals() as self.signals:
+        with StopSignals() as self.signals:
             while (reason := self.should_stop()) is None:
                 self.log_step(self.step())
                 self.bar.update(1)
-                val_loss = None
-                if self.steps % tc.eval_every == 0 or self.steps == tc.max_steps:  # before the save
-                    val_loss = self.evaluate()
-                if self.tasks_due():
+                val_loss = self.evaluate() if tc.eval_due(self.steps) else None  # before the save
+                if self.tasks is not None and tc.tasks_due(self.steps):
                     self.evaluate_tasks()
                 if self.steps % tc.ckpt_every == 0:
                     self.save(val_loss)
@@ -416,9 +387,9 @@ class Trainer:
             # steps since the last checkpoint. A signal asks for a quick exit: the checkpoint only.
             self.bar.close()
             logger.info(f"stopping: {reason}")
-            if self.evaluated_at != self.steps and not self._stop_flags[0]:
+            if self.evaluated_at != self.steps and not self.stop.signal:
                 val_loss = self.evaluate()
-            if self.tasks is not None and self.tasks_at != self.steps and not self._stop_flags[0]:
+            if self.tasks is not None and self.tasks_at != self.steps and not self.stop.signal:
                 self.evaluate_tasks()
             if self.saved_at != self.steps:
                 self.save(val_loss)
@@ -439,18 +410,11 @@ def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None) -> No
     """Rank 0: cut the logs back to the resumed step, save the config and tokenizer, note the precision."""
     out, tc, step, metrics = trainer.run_dir, trainer.tc, trainer.steps, trainer.metrics
     assert metrics is not None, "rank 0 keeps the log"
-
-    # An evaluation made at an off-schedule step because the run stopped there is dropped, so the log
-    # continues exactly as the uninterrupted run's.
-    def scheduled(s):
-        return s % tc.eval_every == 0 or s >= tc.max_steps
-
-    def scheduled_tasks(s):
-        return bool(tc.task_every) and s % tc.task_every == 0 or s >= tc.max_steps
-
+    # An evaluation made at an off-schedule step because the run stopped there is dropped (the schedules
+    # are the ones `fit` follows), so the log continues exactly as the uninterrupted run's.
     kept = step if found is not None else -1  # a fresh start keeps nothing of a run that died early
-    metrics.truncate_after(kept, scheduled, scheduled_tasks)
-    truncate_samples(out / "samples.txt", kept, scheduled)
+    metrics.truncate_after(kept, tc.eval_due, tc.tasks_due)
+    truncate_samples(out / "samples.txt", kept, tc.eval_due)
     trainer.cfg.save(out / "config.toml")
     precision = trainer.precision
     before = found[1].get("dtype") if found is not None else None
