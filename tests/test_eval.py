@@ -356,6 +356,65 @@ def test_training_scores_the_tasks_on_schedule_and_a_resume_logs_them_once(bb_ca
     assert (tmp_path / "full" / "loss.png").stat().st_size > 0
 
 
+def _task_data(tok, folder):
+    from scratchllm.data.sources import Document
+    from scratchllm.data.tokenize import tokenize_to_dir
+
+    tokenize_to_dir([Document(i, f"d{i}", TEXT) for i in range(4)], tok, folder, val_docs=1, quiet=True)
+    return folder
+
+
+def _run_rows(run):
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("tok_per_s", "seconds")} for r in rows]
+
+
+def test_a_task_evaluation_that_fails_is_logged_and_loses_no_step(bb_cache, tok, tmp_path, monkeypatch,
+                                                                  caplog):
+    """Step 2's tasks run out of memory: step 2's checkpoint is saved before they start, the failure is
+    one logged error, and training goes on to log what a run whose tasks all succeed logs, less them."""
+    from scratchllm.eval.tasks import TaskSuite
+    from scratchllm.train import train
+
+    data = _task_data(tok, tmp_path / "data")
+    train(_task_run_cfg(), data, tmp_path / "full", quiet=True)
+    run, real, saved = tmp_path / "run", TaskSuite.evaluate, []
+
+    def out_of_memory_at_first(self, *args, **kwargs):
+        saved.append(sorted(p.name for p in (run / "ckpt").iterdir()))
+        if len(saved) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskSuite, "evaluate", out_of_memory_at_first)
+    summary = train(_task_run_cfg(), data, run, quiet=True)
+    assert summary["step"] == 4 and saved[0] == ["step_1", "step_2"]  # step 2 saved before its tasks
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "step 2" in errors[0] and "OutOfMemoryError" in errors[0]
+    assert _run_rows(run) == [r for r in _run_rows(tmp_path / "full") if not ("task" in r and r["step"] == 2)]
+
+
+def test_a_run_killed_during_its_tasks_scores_them_when_resumed(bb_cache, tok, tmp_path, monkeypatch):
+    """Killed while scoring step 2's tasks (after step 2 was saved), a run resumes from step 2, scores the
+    tasks it missed first, and ends with the log of a run never stopped."""
+    from scratchllm.eval.tasks import TaskSuite
+    from scratchllm.train import train
+
+    data = _task_data(tok, tmp_path / "data")
+    train(_task_run_cfg(), data, tmp_path / "full", quiet=True)
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt  # what no `except Exception` catches, as a kill
+
+    with monkeypatch.context() as m:
+        m.setattr(TaskSuite, "evaluate", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(_task_run_cfg(), data, tmp_path / "run", quiet=True)
+    assert (tmp_path / "run" / "ckpt" / "step_2").is_dir()
+    train(_task_run_cfg(), data, tmp_path / "run", resume=True, quiet=True)
+    assert _run_rows(tmp_path / "run") == _run_rows(tmp_path / "full")
+
+
 def test_training_with_an_unknown_task_stops_before_the_first_step(bb_cache, tok, tmp_path, run_cli):
     from scratchllm.data.sources import Document
     from scratchllm.data.tokenize import tokenize_to_dir

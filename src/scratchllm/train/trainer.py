@@ -32,9 +32,9 @@ from scratchllm.train.limits import check_fits
 from scratchllm.train.metrics import MetricsLog, sample_entry, truncate_samples
 from scratchllm.train.optim import make_optimizer
 from scratchllm.train.state import RNGState, ScalerState, Stateful, StopFlags, StopSignals, TrainState
-from scratchllm.util.errors import UserError
+from scratchllm.util.errors import UserError, one_line
 from scratchllm.util.locks import folder_lock
-from scratchllm.util.log import get_logger
+from scratchllm.util.log import ALL_RANKS, get_logger
 
 logger = get_logger(__name__)
 
@@ -321,13 +321,25 @@ class Trainer:
         self.metrics.plot(self.run_dir / "loss.png",
                           title=f"{self.run_dir.name}: {self.model.num_params() / 1e6:.1f}M parameters")
 
-    def evaluate_tasks(self) -> dict:
-        """Downstream task accuracy at this step (every rank scores its share); rank 0 logs a row a task."""
+    def evaluate_tasks(self) -> dict | None:
+        """Downstream task accuracy at this step (every rank scores its share); rank 0 logs a row a task.
+
+        A failure (out of memory, a data file gone bad) is logged, and None returned: training goes on,
+        since the tasks measure the run and are no part of it.
+        """
         from scratchllm.eval.tasks import task_rows
 
         assert self.tasks is not None, "train.eval_tasks is empty"
-        out = self.tasks.evaluate(self.model, self.device, self.precision.dtype)
         self.tasks_at = self.steps
+        try:
+            out = self.tasks.evaluate(self.model, self.device, self.precision.dtype)
+        except Exception as e:  # whatever went wrong, the steps trained so far must not be lost to it
+            logger.error(f"error: the task evaluation of step {self.steps} failed ({type(e).__name__}: "
+                         f"{one_line(e)[:300]}); training goes on without its scores", extra=ALL_RANKS)
+            logger.debug("the failed task evaluation", exc_info=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # what the failed batch held
+            return None
         if self.metrics is not None:
             for row in task_rows(self.steps, out):
                 self.metrics.log(**row)
@@ -335,6 +347,15 @@ class Trainer:
             scores = [f"{name} {r.get('acc_norm', r['acc']):.3f}" for name, r in out["results"].items()]
             logger.info(f"step {self.steps}: {', '.join(scores)}")
         return out
+
+    def tasks_missing(self) -> bool:
+        """Whether the tasks due at this step have no scores in the log (every rank gets rank 0's answer):
+        a run stopped while scoring them, after the checkpoint of the step was saved."""
+        missing = None
+        if self.metrics is not None:
+            missing = not any("task" in r and r.get("step") == self.steps for r in self.metrics.rows)
+        return (self.tasks is not None and self.tc.tasks_due(self.steps)
+                and bool(self.dist.broadcast(missing)))
 
     def save(self, val_loss: float | None) -> None:
         """Checkpoint this step (rank 0 writes; every rank's RNG goes in); keep the best and the newest."""
@@ -365,7 +386,11 @@ class Trainer:
         return None
 
     def fit(self) -> dict:
-        """Train until `should_stop`, evaluating and saving on schedule and at the end; a summary."""
+        """Train until `should_stop`, evaluating and saving on schedule and at the end; a summary.
+
+        The validation loss comes before a save (the checkpoint records the best), the downstream tasks
+        after it: a task evaluation that fails, or a run killed during one, loses no step.
+        """
         from tqdm.auto import tqdm
 
         tc = self.tc
@@ -373,26 +398,28 @@ class Trainer:
         self.bar = tqdm(total=tc.max_steps, initial=self.steps, disable=self.quiet or self.metrics is None,
                         unit="step", dynamic_ncols=True, file=sys.stderr)
         val_loss = self.evaluate() if self.steps == 0 else None  # step 0 is on every schedule
+        if self.steps and self.tasks_missing():
+            self.evaluate_tasks()
         self.t_start = self.t_log = time.perf_counter()
         with StopSignals() as self.signals:
             while (reason := self.should_stop()) is None:
                 self.log_step(self.step())
                 self.bar.update(1)
-                val_loss = self.evaluate() if tc.eval_due(self.steps) else None  # before the save
-                if self.tasks is not None and tc.tasks_due(self.steps):
-                    self.evaluate_tasks()
+                val_loss = self.evaluate() if tc.eval_due(self.steps) else None
                 if self.steps % tc.ckpt_every == 0:
                     self.save(val_loss)
+                if self.tasks is not None and tc.tasks_due(self.steps):
+                    self.evaluate_tasks()
             # Still inside the signal handler: a Ctrl-C during the final evaluation must not lose the
             # steps since the last checkpoint. A signal asks for a quick exit: the checkpoint only.
             self.bar.close()
             logger.info(f"stopping: {reason}")
             if self.evaluated_at != self.steps and not self.stop.signal:
                 val_loss = self.evaluate()
-            if self.tasks is not None and self.tasks_at != self.steps and not self.stop.signal:
-                self.evaluate_tasks()
             if self.saved_at != self.steps:
                 self.save(val_loss)
+            if self.tasks is not None and self.tasks_at != self.steps and not self.stop.signal:
+                self.evaluate_tasks()
         self.dist.barrier()
         return self._summary(reason, val_loss)
 
