@@ -86,6 +86,23 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path, damage, c
     assert len(warnings) == 1 and str(bad) in warnings[0]
 
 
+def test_a_reader_of_the_weights_checks_the_model_file_alone(tmp_path, monkeypatch, caplog):
+    """generate, eval and export read the weights: the optimizer file is neither hashed nor opened for
+    them, so a damaged one costs them nothing, while a resume, which reads it, refuses it."""
+    model, opt = _model_and_opt()
+    loader = {"batches": 3, "order": "random", "seed": 1, "batch_size": 2, "block_size": 8, "world_size": 1,
+              "n_tokens": 100}
+    path = ck.save_checkpoint(tmp_path, 10, model, opt, {"loader": loader})
+    (path / ck.OPTIM_FILE).write_bytes(b"damaged")
+    hashed = []
+    real = ck.sha256_file
+    monkeypatch.setattr(ck, "sha256_file", lambda f: hashed.append(f.name) or real(f))
+    caplog.clear()
+    assert ck.latest_checkpoint(tmp_path)[0] == path and hashed == [ck.MODEL_FILE] and not _warnings(caplog)
+    with pytest.raises(ValueError, match="optimizer.pt has 7 bytes"):
+        ck.verify(path, training=True)
+
+
 def test_half_written_temporary_folder_is_ignored(tmp_path):
     model, opt = _model_and_opt()
     ck.save_checkpoint(tmp_path, 5, model, opt)

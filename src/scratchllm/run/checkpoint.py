@@ -4,12 +4,13 @@
 AdamW's moments, Muon's momentum; read back with `torch.load(weights_only=True)`) and `state.json`
 (the step and the rest of the training state, each part's under its name, see
 `scratchllm.train.state`; `rng`, the generators of the process that wrote it; the sizes and SHA-256
-of the other two files). A checkpoint is built in a hidden temporary folder and
-renamed into place, and `state.json` is written last, so a crash leaves either a whole checkpoint or
-none; a disk guard refuses to start one that would not fit. A checkpoint is used only once `verify`
-passes: state.json of the right shape, every file of the right size and hash, and loadable. One that
-fails is skipped with a warning; on `--resume` the trainer renames newer broken ones `broken_step_N`
-and refuses when none is usable.
+of the other two files). A checkpoint is built in a hidden temporary folder and renamed into place,
+and `state.json` is written last, so a crash leaves either a whole checkpoint or none; a disk guard
+refuses to start one that would not fit. A checkpoint is used only once `verify` passes: state.json
+of the right shape, and each file that will be read (the model's alone for a reader of the weights,
+every one to resume training) of the right size and hash, and loadable. One that fails is skipped
+with a warning; on `--resume` the trainer renames newer broken ones `broken_step_N` and refuses when
+none is usable.
 
 Readers (`eval`, `generate`, `export`) take no lock, since a run holds its folder's lock for as long
 as it trains: they rely on renames instead. A checkpoint folder appears by one rename when it is
@@ -282,15 +283,19 @@ def _check_loads(path: Path, name: str) -> None:
 
 
 def verify(path: Path, training: bool = False) -> dict:
-    """state.json of a checkpoint whose files all match it and load; raises ValueError naming what is
-    wrong. `training`: the checkpoint must also hold what --resume needs."""
+    """state.json of a checkpoint whose files match it and load; raises ValueError naming what is wrong.
+
+    What is read is what is checked: the model file alone for a reader of the weights (eval, generate,
+    export), every file and what --resume needs with `training`.
+    """
     try:
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ValueError(f"unreadable {STATE_FILE}: {e}") from None
     check_state(state, path, training)
     for name, info in state["files"].items():
-        _check_file(path, name, info)
+        if training or name == MODEL_FILE:
+            _check_file(path, name, info)
     # One process wrote only its own generators before every rank's were always kept: they are its.
     state.setdefault("rng_ranks", [state["rng"]])
     return state
