@@ -156,3 +156,12 @@ def test_from_hf_returns_an_eval_mode_model():
     idx = torch.randint(0, 300, (1, 32))
     assert not model.training
     torch.testing.assert_close(model(idx)[0], model(idx)[0], atol=0, rtol=0)  # no dropout noise
+
+
+def test_export_reads_its_format(tmp_path):
+    from scratchllm.run.export import FORMATS, export_run
+
+    assert list(FORMATS) == ["hf"]
+    with pytest.raises(UserError, match="--format 'onnx': use hf"):
+        export_run(tmp_path / "run", tmp_path / "out", "onnx")
+    assert not (tmp_path / "out").exists()

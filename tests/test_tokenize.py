@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from scratchllm.data.folder import read_split
+from scratchllm.data.folder import TokenFolder
 from scratchllm.data.tokenize import load_tokenizer_for_data, tokenize_to_dir
 from scratchllm.tokenizer import Tokenizer, train_bpe
 from scratchllm.util.errors import UserError
@@ -27,6 +27,11 @@ DOCS = [
 @pytest.fixture(scope="module")
 def tok():
     return train_bpe(DOCS, 400)
+
+
+def read_split(folder, split):
+    """The tokens of one split of a complete token folder (one with meta.json), checked as training does."""
+    return TokenFolder.open(folder, require_meta=True).split(split)
 
 
 def expected_stream(tok, docs):

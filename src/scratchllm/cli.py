@@ -132,7 +132,7 @@ def cmd_train(args) -> int:
                      args.max_minutes)
     summary = train(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet, verify=args.verify,
                     tokenizer=args.tokenizer)
-    if summary is not None and main_rank():
+    if main_rank():
         val = f", val loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else ""
         bpb = f", {summary['val_bpb']:.3f} bits/byte" if "val_bpb" in summary else ""
         print(f"{summary['run']}: step {summary['step']}{val}{bpb} ({summary['stop_reason']})")
@@ -200,7 +200,7 @@ def cmd_generate(args) -> int:
 def cmd_export(args) -> int:
     from scratchllm.run.export import export_run
 
-    out, path, with_tokenizer = export_run(args.run, args.out, quiet=args.quiet)
+    out, path, with_tokenizer = export_run(args.run, args.out, args.format, quiet=args.quiet)
     note = "with tokenizer files" if with_tokenizer else "no tokenizer files (the run has no tokenizer)"
     print(f"wrote {out} ({path.name}, {note}); load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
@@ -227,7 +227,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full command-line interface (flags as in DESIGN.md)."""
+    """The full command-line interface: every command, its flags and their help."""
     common = _Parser(add_help=False)
     common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars, only results and errors")
@@ -331,7 +331,7 @@ def _run_commands(add, group) -> None:
                    help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="optimizer steps of the run; the cosine schedule ends there")
+                   help="optimizer steps of the run; the learning-rate schedule ends there")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
 
     p = add("eval", cmd_eval, "measure a run: held-out loss, HellaSwag, BIG-bench tasks, a CORE-style score")

@@ -112,7 +112,7 @@ class TrainConfig:
     max_tokens: int = 0  # stop after this many training tokens (0: no token budget)
     max_minutes: float = 0.0  # stop after this much wall time of one invocation (0: no time budget)
     lr: float = 1e-3
-    min_lr: float = 1e-4  # the cosine decays to this at max_steps
+    min_lr: float = 1e-4  # the schedule (cosine or wsd) decays to this at max_steps
     warmup_steps: int = 100
     weight_decay: float = 0.1
     beta1: float = 0.9

@@ -315,8 +315,3 @@ class TokenFolder:
                 raise UserError(f"{where}: token ids reach {self.max_ids[name]}, beyond "
                                 f"model.vocab_size {vocab:,}")
         return vocab
-
-
-def read_split(folder: str | Path, split: str) -> ShardedTokens:
-    """The tokens of one split of a complete token folder (one with meta.json), checked by `TokenFolder`."""
-    return TokenFolder.open(folder, require_meta=True).split(split)

@@ -22,7 +22,6 @@ URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_
 FILE = "hellaswag_val.jsonl"
 # As pinned by Hugging Face datasets (datasets/hellaswag/dataset_infos.json): 12,246,618 bytes.
 SHA256 = "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"
-N_ITEMS = 10042
 
 
 def data_path(data_file: str | Path | None = None) -> Path:

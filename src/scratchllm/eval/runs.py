@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from scratchllm.eval.tasks import CORE_TASK_COUNT
 from scratchllm.util.errors import UserError
 from scratchllm.util.log import get_logger
 
@@ -19,7 +20,7 @@ def evaluate_run(run: str | Path, task: str = "loss", data: str | None = None, d
     Under torchrun the items (or the validation batches) are shared out over the ranks.
     """
     from scratchllm.eval.loss import heldout_loss
-    from scratchllm.eval.tasks import TaskSuite
+    from scratchllm.eval.tasks import evaluate_tasks
     from scratchllm.run.load import load_model
     from scratchllm.runtime.distributed import setup, teardown
     from scratchllm.runtime.precision import resolve
@@ -34,13 +35,12 @@ def evaluate_run(run: str | Path, task: str = "loss", data: str | None = None, d
             out = {"run": str(run), "task": "loss", **heldout_loss(run, data, device, dist)}
         else:
             model, tok, dtype, label = load_model(run, device)
-            suite = TaskSuite([task], tok, model.config.block_size, model.config.vocab_size, dist, limit,
-                              data_file)
             precision = resolve(dtype, device)
             if precision.warning:
                 logger.warning(precision.warning)
             out = {"run": str(run), "task": task, "model": label, "dtype": precision.dtype,
-                   **suite.evaluate(model, device, precision.dtype, progress=not quiet)}
+                   **evaluate_tasks(model, tok, [task], device, dist, limit, data_file, precision.dtype,
+                                    progress=not quiet)}
     finally:
         teardown()
     return out if dist.main else None
@@ -67,8 +67,8 @@ def describe(out: dict) -> str:
     if core:
         score = out["core_centered"]
         shown = "n/a" if score is None or math.isnan(score) else f"{score:.4f}"
-        lines.append(f"CORE-style score over {len(out['tasks'])} of CORE's 22 tasks (a subset, not CORE; "
-                     f"multiple choice counts acc_norm, generation acc): {shown}")
+        lines.append(f"CORE-style score over {len(out['tasks'])} of CORE's {CORE_TASK_COUNT} tasks (a "
+                     f"subset, not CORE; multiple choice counts acc_norm, generation acc): {shown}")
         if out["left_out"]:  # the reason was noted on stderr; JSON carries it too
             lines.append(f"left out for want of their data: {', '.join(out['left_out'])}")
     return "\n".join(lines)

@@ -9,8 +9,8 @@ Task names:
     core                 the CORE tasks that are available here, each centred by its random baseline
                          and averaged: a subset of CORE's 22 tasks, never CORE itself
 
-`evaluate_tasks` is the entry point for a model in memory (training calls it between steps);
-`TaskSuite` loads and tokenizes once for a model evaluated many times.
+`evaluate_tasks` scores a model in memory once (`scratchllm eval` calls it); `TaskSuite` loads and
+tokenizes once for a model evaluated many times (training scores its tasks with one).
 """
 
 from __future__ import annotations

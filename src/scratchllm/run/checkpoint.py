@@ -335,11 +335,16 @@ def find_checkpoint(ckpt_dir: str | Path,
     return None, problems
 
 
+def report_skipped(problems: list[str]) -> None:
+    """Log a warning for each checkpoint passed over ('FOLDER: reason', as `find_checkpoint` gives them)."""
+    for problem in problems:
+        logger.warning(f"warning: skipping checkpoint {problem}")
+
+
 def latest_checkpoint(ckpt_dir: str | Path, training: bool = False) -> tuple[Path, dict] | None:
     """The newest checkpoint that verifies, with its state; broken newer ones are logged as warnings."""
     found, problems = find_checkpoint(ckpt_dir, training)
-    for problem in problems:
-        logger.warning(f"warning: skipping checkpoint {problem}")
+    report_skipped(problems)
     return found
 
 
@@ -349,8 +354,7 @@ def resume_point(ckpt_dir: str | Path) -> tuple[tuple[Path, dict] | None, str | 
     found, problems = find_checkpoint(ckpt_dir, training=True)
     if found is None:
         return None, problems[0] if problems else None
-    for problem in problems:
-        logger.warning(f"warning: skipping checkpoint {problem}")
+    report_skipped(problems)
     # Training will pass their steps again, and pruning must never keep them over the good checkpoints
     # it writes, so they are renamed, kept for a look.
     for moved in set_aside_newer(ckpt_dir, found[0]):

@@ -36,13 +36,20 @@ def is_earlier_export(folder: Path) -> bool:
         return False
 
 
-def export_run(run: str | Path, out: str | Path, quiet: bool = False) -> tuple[Path, Path, bool]:
-    """Write the run's newest valid checkpoint as a transformers GPT-2 folder `out`, with the run's
-    tokenizer when it has one; returns (out, checkpoint folder, whether tokenizer files were written).
+# --format: what each writes.
+FORMATS = {"hf": "a transformers GPT-2 folder"}
+
+
+def export_run(run: str | Path, out: str | Path, fmt: str = "hf",
+               quiet: bool = False) -> tuple[Path, Path, bool]:
+    """Write the run's newest valid checkpoint as `fmt` (see FORMATS) into the folder `out`, with the
+    run's tokenizer when it has one; returns (out, checkpoint folder, whether tokenizer files were written).
 
     The folder is written beside `out` and renamed into place, and `out` is replaced only if it is
     an earlier export, so no other folder is ever overwritten.
     """
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: use {' or '.join(FORMATS)}")
     transformers = require_transformers()  # before any work: it is an optional dependency
     given, out = out, Path(out).resolve()
     if out == Path.cwd().resolve():

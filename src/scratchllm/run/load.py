@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scratchllm.run.checkpoint import find_checkpoint, load_model_weights
+from scratchllm.run.checkpoint import find_checkpoint, load_model_weights, report_skipped
 from scratchllm.util.errors import UserError
-from scratchllm.util.log import get_logger
-
-logger = get_logger(__name__)
 
 
 def load_run(run: str | Path, device="cpu"):
@@ -36,8 +33,7 @@ def load_run(run: str | Path, device="cpu"):
             if found[0].is_dir():
                 raise
             continue  # pruned by the training run after the check: a newer checkpoint is there
-        for problem in problems:
-            logger.warning(f"warning: skipping checkpoint {problem}")
+        report_skipped(problems)  # once the weights are in: a retry would report them again
         return cfg, model.to(device).eval(), found[0]
 
 

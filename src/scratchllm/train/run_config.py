@@ -33,8 +33,8 @@ def run_config(out: str | Path, resume: bool = False, preset: str | None = None,
     if max_steps is not None:
         if resuming and max_steps != cfg.train.max_steps:
             logger.warning(f"note: --max-steps {max_steps} (the run's was {cfg.train.max_steps}) also "
-                           "stretches the cosine schedule, so the learning rate from here on differs from "
-                           "the run's plan")
+                           "stretches the learning-rate schedule, so the learning rate from here on differs "
+                           "from the run's plan")
         cfg = cfg.update({"train": {"max_steps": max_steps}}, "--max-steps")
     if max_minutes is not None:
         cfg = cfg.update({"train": {"max_minutes": max_minutes}}, "--max-minutes")
