@@ -19,7 +19,7 @@ MAX_NOTEBOOK_BYTES = 200_000  # a learner reads them on a code host: small figur
 # Smaller sizes for the re-execution below, set as papermill sets parameters: every cell and every
 # assertion still runs, only the notebook's longest experiment is shorter (the stored notebooks hold
 # the full run).
-QUICK = {"05_training_step_by_hand": {"STEPS": 20, "EVAL_BATCHES": 2}}
+QUICK = {"04_gpt_architecture": {"SECONDS": 3}, "05_training_step_by_hand": {"STEPS": 20, "EVAL_BATCHES": 2}}
 
 
 def _load_build():
