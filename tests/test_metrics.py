@@ -57,3 +57,19 @@ def test_task_lines_are_drawn_beside_the_loss_with_published_figures(tmp_path):
     wide = matplotlib.image.imread(tmp_path / "loss.png").shape
     MetricsLog(tmp_path / "none.jsonl").plot(tmp_path / "plain.png")
     assert wide[1] > 1.5 * matplotlib.image.imread(tmp_path / "plain.png").shape[1]  # a second panel
+
+
+def test_plot_leaves_the_process_backend_alone(tmp_path):
+    """A notebook that calls train() must still show its own figures afterwards."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands for a notebook's inline backend: any backend but Agg
+    try:
+        log = MetricsLog(tmp_path / "metrics.jsonl")
+        log.log(step=1, loss=5.0)
+        log.plot(tmp_path / "loss.png")
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(before)

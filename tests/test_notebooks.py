@@ -6,14 +6,20 @@ Each notebook asserts its own claims (hand computation == library module, SDPA =
 
 import copy
 import importlib.util
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ["01_self_attention", "02_masked_attention", "03_multihead_attention", "04_gpt_architecture"]
+NAMES = ["00_byte_pair_encoding", "01_self_attention", "02_masked_attention", "03_multihead_attention",
+         "04_gpt_architecture", "05_training_step_by_hand"]
 MAX_NOTEBOOK_BYTES = 200_000  # a learner reads them on a code host: small figures, short outputs
+# Smaller sizes for the re-execution below, set as papermill sets parameters: every cell and every
+# assertion still runs, only the notebook's longest experiment is shorter (the stored notebooks hold
+# the full run).
+QUICK = {"04_gpt_architecture": {"SECONDS": 3}, "05_training_step_by_hand": {"STEPS": 20, "EVAL_BATCHES": 2}}
 
 
 def _load_build():
@@ -28,6 +34,16 @@ build = _load_build()
 
 def _stored(name):
     return nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+
+
+def with_quick_sizes(nb, name):
+    """`nb` with each QUICK setting of `name` replacing the one line that sets it (`NAME = ...`)."""
+    for var, value in QUICK.get(name, {}).items():
+        line = re.compile(rf"^{var} = .*$", re.MULTILINE)
+        cells = [c for c in nb.cells if c.cell_type == "code" and line.search(c.source)]
+        assert len(cells) == 1 and len(line.findall(cells[0].source)) == 1, f"{name}: {var} is not set once"
+        cells[0].source = line.sub(f"{var} = {value!r}", cells[0].source)
+    return nb
 
 
 def _error_outputs(nb):
@@ -70,7 +86,7 @@ def test_stored_notebook_is_executed_in_order_without_errors(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_top_to_bottom(name):
     """Re-execute the stored notebook on a kernel of this interpreter; any failing cell fails the test."""
-    nb = copy.deepcopy(_stored(name))
+    nb = with_quick_sizes(copy.deepcopy(_stored(name)), name)
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
@@ -78,6 +94,19 @@ def test_notebook_runs_top_to_bottom(name):
     assert _error_outputs(nb) == []
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in code)
+
+
+def test_quick_sizes_replace_the_setting_lines():
+    quick = QUICK["05_training_step_by_hand"]
+    setting = nbformat.v4.new_code_cell("# sizes\nSTEPS = 200  # the run's length\nEVAL_BATCHES = 20\ny = 1")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("STEPSIZE = 3"), setting])
+    with_quick_sizes(nb, "05_training_step_by_hand")
+    assert nb.cells[0].source == "STEPSIZE = 3"
+    expected = f"# sizes\nSTEPS = {quick['STEPS']}\nEVAL_BATCHES = {quick['EVAL_BATCHES']}\ny = 1"
+    assert nb.cells[1].source == expected
+    with pytest.raises(AssertionError, match="STEPS is not set once"):
+        with_quick_sizes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]),
+                         "05_training_step_by_hand")
 
 
 def test_execute_reports_a_failing_cell():

@@ -390,12 +390,13 @@ def batch(B=32, T=64):
             torch.stack([train_ids[s + 1:s + T + 1] for s in starts]))
 
 
+SECONDS = 30  # the training budget
 threads = torch.get_num_threads()
 torch.set_num_threads(1)
 opt = torch.optim.AdamW(small.parameters(), lr=1e-2, weight_decay=0.0)
 losses, t0 = [], time.perf_counter()
 small.train()
-while len(losses) < 800 and time.perf_counter() - t0 < 30:
+while len(losses) < 800 and time.perf_counter() - t0 < SECONDS:
     x, y = batch()
     _, loss = small(x, y)
     opt.zero_grad(set_to_none=True)

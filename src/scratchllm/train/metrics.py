@@ -71,17 +71,17 @@ class MetricsLog:
     def plot(self, path: str | Path, title: str = "") -> None:
         """Write the loss curves, and any task accuracy beside them, as a PNG (atomically)."""
         try:
-            import matplotlib
+            # A Figure of its own, not pyplot: it needs no display, and it leaves the process's backend
+            # alone (switching it to Agg would stop a notebook that calls train() from showing plots).
+            from matplotlib.figure import Figure
         except ImportError:  # plotting is optional (e.g. a bare GPU image); metrics.jsonl has it all
             return
-        matplotlib.use("Agg")  # no display needed; must come before pyplot
-        import matplotlib.pyplot as plt
 
         train = [(r["step"], r["loss"]) for r in self.rows if "loss" in r]
         val = [(r["step"], r["val_loss"]) for r in self.rows if "val_loss" in r]
         tasks = task_series(self.rows)
-        fig, axes = plt.subplots(1, 2 if tasks else 1, figsize=(13 if tasks else 7, 4.5), dpi=100,
-                                 squeeze=False)
+        fig = Figure(figsize=(13 if tasks else 7, 4.5), dpi=100)
+        axes = fig.subplots(1, 2 if tasks else 1, squeeze=False)
         ax = axes[0][0]
         if train:
             ax.plot(*zip(*train, strict=True), label="train", lw=1, alpha=0.8)
@@ -98,7 +98,6 @@ class MetricsLog:
         fig.tight_layout()
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
-        plt.close(fig)
 
 
 def task_series(rows: list[dict]) -> dict[str, dict]:
