@@ -38,7 +38,7 @@ from scratchllm.data.sources import open_source
 from scratchllm.data.tokens import read_tokens, write_tokens
 from scratchllm.tokenizer import EOT, GPT2_PATTERN, GPT4_PATTERN, Tokenizer, train_bpe
 from scratchllm.tokenizer.encoding import GPT2_FILES, GPT2_WHEEL_FILE
-from scratchllm.util import cache_dir
+from scratchllm.util.fetch import cache_dir
 
 plt.rcParams.update({"figure.figsize": (4, 3), "figure.dpi": 72, "font.size": 9})
 work = Path(tempfile.mkdtemp(prefix="scratchllm-bpe-"))  # the files this notebook writes (removed at the end)

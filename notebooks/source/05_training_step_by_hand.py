@@ -34,11 +34,12 @@ from scratchllm.config import TrainConfig, build_config
 from scratchllm.data.sources import open_source
 from scratchllm.data.tokenize import tokenize_to_dir
 from scratchllm.data.folder import TokenFolder
+from scratchllm.data.loader import TokenLoader
 from scratchllm.demo import DEMO_MODELS, DEMO_PRESET
 from scratchllm.model.gpt import GPT, GPTConfig
+from scratchllm.run.load import load_run
 from scratchllm.tokenizer import train_bpe
-from scratchllm.train import TokenLoader, Trainer, lr_at, make_optimizer, train
-from scratchllm.train.checkpoint import load_run
+from scratchllm.train import Trainer, lr_at, make_optimizer, train
 
 # train() imports tqdm's progress bars, which in Jupyter warn once when ipywidgets is missing; the bars
 # are off here anyway (quiet=True).

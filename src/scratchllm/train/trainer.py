@@ -459,7 +459,8 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     """Train (or continue) the run in `out_dir` on the token folder `data_dir`; returns a summary.
 
     `verify` checks every id and shard hash of the data first; `tokenizer` names the tokenizer of a
-    folder without meta.json (llm.c or modded-nanogpt shards: gpt2)."""
+    folder without meta.json (llm.c or modded-nanogpt shards: gpt2); `quiet` turns the progress bar
+    off. What the run says goes to the "scratchllm" logger (see scratchllm.util.log)."""
     from scratchllm.tokenizer import load_tokenizer as named_tokenizer
 
     dist, device = setup(cfg.train.device)
