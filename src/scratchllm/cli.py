@@ -320,10 +320,6 @@ def _run_commands(add, group) -> None:
     p = add("train", cmd_train, "train a GPT on token files")
     p.add_argument("--data", required=True,
                    help="a token folder (from `scratchllm tokenize`, or llm.c / modded-nanogpt shards)")
-    p.add_argument("--verify", action="store_true",
-                   help="check every token id and shard hash first, whatever meta.json records")
-    p.add_argument("--tokenizer", default=None,
-                   help="the tokenizer of a folder without meta.json (llm.c / modded-nanogpt shards: gpt2)")
     p.add_argument("--out", required=True, help="run folder (runs/NAME)")
     p.add_argument("--preset", default=None, help=f"{presets} (default: {DEFAULT_PRESET})")
     p.add_argument("--config", default=None, help="a TOML config file")
@@ -333,6 +329,10 @@ def _run_commands(add, group) -> None:
     p.add_argument("--max-steps", type=int, default=None,
                    help="optimizer steps of the run; the learning-rate schedule ends there")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
+    p.add_argument("--verify", action="store_true",
+                   help="check every token id and shard hash first, whatever meta.json records")
+    p.add_argument("--tokenizer", default=None,
+                   help="the tokenizer of a folder without meta.json (llm.c / modded-nanogpt shards: gpt2)")
 
     p = add("eval", cmd_eval, "measure a run: held-out loss, HellaSwag, BIG-bench tasks, a CORE-style score")
     p.add_argument("--run", required=True, help="run folder, or a transformers GPT-2 folder (for tasks)")
