@@ -1,5 +1,5 @@
-"""`scratchllm eval`: load what is to be measured (a run folder, or a transformers GPT-2 folder such as
-an `export` or OpenAI's GPT-2), measure it, and say what came out."""
+"""`scratchllm eval`: load what is to be measured (a run folder, or a transformers folder such as an
+`export` or OpenAI's GPT-2), measure it, and say what came out."""
 
 from __future__ import annotations
 
@@ -49,9 +49,9 @@ def load_model(path: str | Path, device, warn=print):
 
     transformers = require_transformers()
     try:
-        hf = transformers.GPT2LMHeadModel.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable transformers GPT-2 folder ({type(e).__name__})") from None
+        hf = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: not a readable transformers folder ({type(e).__name__})") from None
     model = from_hf(hf).to(device)
     if any((path / f).is_file() for f in ("tokenizer.json", "vocab.json")):
         tok = HFTokenizer(transformers.AutoTokenizer.from_pretrained(path, local_files_only=True))
