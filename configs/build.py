@@ -48,7 +48,8 @@ picks bfloat16 on CPUs with bf16 instructions and float32 on the others."""),
         "model.vocab_size=50257", "train.dtype=bfloat16", "train.compile=true",
     ], """\
 GPT-2 small's shape in the speedruns' recipe on FineWeb-Edu with GPT-2's tokenizer: RoPE, RMSNorm,
-QK-norm, ReLU², untied head, zero-initialised projections, logits soft-capped at 15, U-net skips;
+QK-norm, ReLU², an RMS norm on the embedding, untied head, zero-initialised projections, logits
+soft-capped at 15 (nanochat's model: `export` writes it as transformers' NanoChatForCausalLM);
 Muon for the blocks' matrices, AdamW for the embeddings and head, warm-up-stable-decay.
 
   scratchllm train --data data/fineweb-gpt2 --out runs/modern --config configs/modern-124m-fineweb.toml

@@ -1,6 +1,7 @@
 """Independent references for task scoring: EleutherAI's lm-evaluation-harness, given the exported
-transformers folder and the same items, computes the same log-likelihoods, greedy matches and
-accuracy; a torchrun job with two processes gives the result of one process."""
+transformers folder (GPT-2's class, and NanoChat's for the speedruns' model) and the same items,
+computes the same log-likelihoods, greedy matches and accuracy; a torchrun job with two processes
+gives the result of one process."""
 
 import json
 import subprocess
@@ -65,20 +66,45 @@ metric_list:
 """
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A run with a sharp random model and its tokenizer, exported to transformers; HellaSwag-format
-    items; a bigbench cache filled from the fake sdist."""
-    root = tmp_path_factory.mktemp("ref")
+# The speedruns' model as the modern presets define it (exported as NanoChatForCausalLM), soft-capped.
+MODERN = dict(pos="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, embed_norm=True, bias=False,
+              tie_embeddings=False, logit_softcap=15.0)
+
+
+def _setup(root, arch: str) -> dict:
+    """A run with a sharp random model of arch (gpt2 or modern) and its tokenizer, exported to
+    transformers; HellaSwag-format items; a bigbench cache filled from the fake sdist."""
     tok = tokenizer()
-    run = make_run(root / "run", random_model(tok.vocab_size, block_size=96), tok)
+    model = random_model(tok.vocab_size, block_size=96, **(MODERN if arch == "modern" else {}))
+    if arch == "modern":  # the embedding is normalised, so the head is what makes the predictions sharp
+        with torch.no_grad():
+            model.lm_head.weight.normal_(0, 0.5)
+    run = make_run(root / "run", model, tok)
     subprocess.run([sys.executable, "-m", "scratchllm", "export", "--run", str(run), "--format", "hf",
                     "--out", str(root / "hf"), "--quiet"], check=True, capture_output=True, timeout=300)
     cache = root / "cache"  # holding the CORE task folders, so no sdist is needed to read them
     tarball = fake_sdist(root / "sdist.tar.gz")
     bigbench.extract(list(bigbench.CORE_TASKS), tarball, cache / bigbench.CACHE_FOLDER)
-    return {"root": root, "run": run, "hf": root / "hf", "cache": cache,
+    return {"root": root, "run": run, "hf": root / "hf", "cache": cache, "arch": arch,
             "hellaswag": write_hellaswag(root / "hellaswag_val.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The GPT-2 run and its export (see _setup)."""
+    return _setup(tmp_path_factory.mktemp("ref"), "gpt2")
+
+
+@pytest.fixture(scope="module")
+def modern_setup(tmp_path_factory):
+    """The modern presets' model, its run and its export (see _setup)."""
+    return _setup(tmp_path_factory.mktemp("ref_modern"), "modern")
+
+
+@pytest.fixture(params=["gpt2", "modern"])
+def each_setup(request):
+    """Each architecture's run and export in turn."""
+    return request.getfixturevalue("setup" if request.param == "gpt2" else "modern_setup")
 
 
 def _lm_eval(setup, names, cli_env):
@@ -91,7 +117,10 @@ def _lm_eval(setup, names, cli_env):
 
 
 @pytest.mark.slow
-def test_lm_evaluation_harness_gives_the_same_log_likelihoods(setup, cli_env, monkeypatch):
+def test_lm_evaluation_harness_gives_the_same_log_likelihoods(each_setup, cli_env, monkeypatch):
+    setup = each_setup
+    classes = {"gpt2": ["GPT2LMHeadModel"], "modern": ["NanoChatForCausalLM"]}
+    assert json.loads((setup["hf"] / "config.json").read_text())["architectures"] == classes[setup["arch"]]
     monkeypatch.setenv("SCRATCHLLM_CACHE", str(setup["cache"]))
     tasks = setup["root"] / "tasks"
     tasks.mkdir(exist_ok=True)

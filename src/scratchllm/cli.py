@@ -335,7 +335,7 @@ def _run_commands(add, group) -> None:
                    help="the tokenizer of a folder without meta.json (llm.c / modded-nanogpt shards: gpt2)")
 
     p = add("eval", cmd_eval, "measure a run: held-out loss, HellaSwag, BIG-bench tasks, a CORE-style score")
-    p.add_argument("--run", required=True, help="run folder, or a transformers GPT-2 folder (for tasks)")
+    p.add_argument("--run", required=True, help="run folder, or a transformers folder (for tasks)")
     p.add_argument("--task", default="loss", metavar="TASK",
                    help="loss | hellaswag | hellaswag_zeroshot | hellaswag_10shot | bigbench:NAME | core "
                         "(default: loss, the held-out loss)")
@@ -364,7 +364,7 @@ def _run_commands(add, group) -> None:
 
     p = add("export", cmd_export, "write a run's model in another format")
     p.add_argument("--run", required=True, help="run folder")
-    p.add_argument("--format", choices=["hf"], default="hf", help="hf: a transformers GPT-2 folder")
+    p.add_argument("--format", choices=["hf"], default="hf", help="hf: a transformers folder")
     p.add_argument("--out", required=True, help="output folder")
 
     p = add("demo", cmd_demo, "run all four stages on the built-in corpus")

@@ -1,5 +1,5 @@
-"""`scratchllm eval`: load what is to be measured (a run folder, or a transformers GPT-2 folder such as
-an `export` or OpenAI's GPT-2), measure it, and say what came out."""
+"""`scratchllm eval`: load what is to be measured (a run folder, or a transformers folder such as an
+`export` or OpenAI's GPT-2), measure it, and say what came out."""
 
 from __future__ import annotations
 

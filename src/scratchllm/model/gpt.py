@@ -4,9 +4,10 @@ The default configuration is GPT-2 (Radford et al. 2019): learned positions, Lay
 each sub-layer, a GELU MLP four times as wide, biases, and a head that shares its weight with the
 token embedding. It converts exactly to `transformers.GPT2LMHeadModel` (see `hf.py`). Each
 modern alternative is one config field: RMSNorm, sinusoidal or rotary positions (RoPE, Su et al.
-2021), SwiGLU or ReLU² MLPs, QK-norm, untied head, and three cheap wins of the speedruns
-(modded-nanogpt): zero-initialised output projections, tanh soft-capped logits and U-net skips
-from the first half of the layers to the second.
+2021), SwiGLU or ReLU² MLPs, QK-norm, untied head, and cheap wins of the speedruns (modded-nanogpt,
+nanochat): an RMS norm on the embedding, zero-initialised output projections, tanh soft-capped
+logits and U-net skips from the first half of the layers to the second. `hf.py` says which
+`transformers` class computes each combination.
 
 Attention is the fused form of `attention.MultiHeadAttention`: one QKV projection, heads as a
 tensor dimension, `scaled_dot_product_attention` (flash attention on CUDA). The training path
@@ -35,10 +36,12 @@ from scratchllm.config import GPTConfig
 from scratchllm.model.decode import SplitRowProducts
 from scratchllm.util.errors import UserError
 
+RMS_EPS = 1e-6  # every RMS norm's epsilon (the blocks', QK-norm's and the embedding's), as nanochat's
+
 
 def _norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.n_embd, eps=1e-6)
+        return nn.RMSNorm(config.n_embd, eps=RMS_EPS)
     return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
@@ -53,10 +56,14 @@ def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
 
 
 def rope_tables(n_pos: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles pos * base^(-2i/d), each (n_pos, head_dim/2)."""
-    freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.arange(n_pos, dtype=torch.float64)[:, None] * freq
-    return angles.cos().float(), angles.sin().float()
+    """cos and sin of the rotation angles pos * base^(-2i/d), each (n_pos, head_dim/2).
+
+    Computed in float32 in the same order as nanochat and transformers, so an exported model rotates
+    by the very same angles (float64 would differ from them by up to 1e-4 radians at position 2048).
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.arange(n_pos, dtype=torch.float32)[:, None] * inv_freq
+    return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -103,7 +110,7 @@ class Attention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         if self.qk_norm:  # bounds the attention logits, which lets training use higher learning rates
-            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
+            q, k = F.rms_norm(q, (self.head_dim,), eps=RMS_EPS), F.rms_norm(k, (self.head_dim,), eps=RMS_EPS)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         start = 0
@@ -244,6 +251,8 @@ class GPT(nn.Module):
             x = x + self.sin_table[start:start + T].to(x.dtype)
         else:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        if self.config.embed_norm:  # every token enters the first block at the same scale
+            x = F.rms_norm(x, (x.size(-1),), eps=RMS_EPS)
         x = self.transformer.drop(x)
         skips: list[torch.Tensor] = []
         n = self.config.n_layer

@@ -1,21 +1,42 @@
-"""Conversion between our GPT and `transformers.GPT2LMHeadModel`, in both directions, exactly.
+"""Conversion between our GPT and `transformers` classes, in both directions, exactly.
 
-The parameter names are the same on both sides; the one real difference is that GPT-2's
-original code stores its projections as `Conv1D` with weights (in, out), the transpose of
-`nn.Linear`'s (out, in). A padded vocabulary is cut back to `vocab_size` rows on export, and padded
-again on import when `from_hf(..., pad_vocab_multiple=N)` asks for it. Only the GPT-2 architecture
-converts: learned positions, LayerNorm, GELU (tanh) MLP, no QK-norm. A model without biases
-converts too (with zero biases), but not back.
+Each combination of our options that a transformers class computes exports to it:
+
+| our options | transformers class |
+|---|---|
+| pos learned or sinusoidal, norm layernorm, mlp gelu or relu2 | `GPT2LMHeadModel` |
+| pos rope, norm rmsnorm, mlp relu2 or gelu, qk_norm, embed_norm, no biases | `NanoChatForCausalLM` |
+| pos rope, norm rmsnorm, mlp swiglu | `LlamaForCausalLM` |
+| pos rope, norm rmsnorm, mlp swiglu, qk_norm, no biases | `Qwen3ForCausalLM` |
+
+`EXPRESSES` holds the table; anything else (U-net skips, which no class has, or a mix such as RoPE
+with LayerNorm) is refused in one line naming the options the nearest class lacks. The options a
+row does not name (dropout, tie_embeddings, pad_vocab_multiple, zero_init_proj, and bias where the
+row allows biases) convert whatever their value. A padded vocabulary is cut back to `vocab_size`
+rows on export. `hf_gpt2.py` and `hf_modern.py` map the names and tensors; this module builds the
+models and carries our config along (`config.json`'s "scratchllm" entry), so that `from_hf` reads
+back what `to_hf` writes with the options transformers cannot tell apart (sinusoidal positions in
+GPT-2's learned table, a GPT-2 without biases, the vocabulary padding) as they were.
+
+`scratchllm.run.export` writes a run folder's model this way (the `scratchllm export` command).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from scratchllm.model.gpt import GPT, GPTConfig
+from scratchllm.model.gpt import GPT, GPTConfig, rope_tables, sinusoidal_table
+from scratchllm.model.hf_gpt2 import config_from_gpt2, gpt2_config, gpt2_weights, weights_from_gpt2
+from scratchllm.model.hf_modern import (
+    CLASSES,
+    config_from_modern,
+    modern_config,
+    modern_weights,
+    weights_from_modern,
+)
 from scratchllm.util.errors import UserError
-
-_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def require_transformers():
@@ -27,90 +48,129 @@ def require_transformers():
     return transformers
 
 
-# transformers' GPT-2 has no counterpart for any other value of these (zero_init_proj, a way to
-# initialise, converts whatever its value).
-GPT2_ARCHITECTURE = {"pos": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False,
-                     "logit_softcap": 0.0, "unet_skips": False}
+_ROPE_RMS = {"pos": ("rope",), "norm": ("rmsnorm",)}
+# transformers model_type -> the values of our options its class computes (options not named convert
+# whatever their value). No class has U-net skips.
+EXPRESSES: dict[str, dict[str, tuple]] = {
+    "gpt2": {"pos": ("learned", "sinusoidal"), "norm": ("layernorm",), "mlp": ("gelu", "relu2"),
+             "qk_norm": (False,), "embed_norm": (False,), "logit_softcap": (0.0,), "unet_skips": (False,)},
+    "nanochat": {**_ROPE_RMS, "mlp": ("relu2", "gelu"), "qk_norm": (True,), "embed_norm": (True,),
+                 "bias": (False,), "unet_skips": (False,)},
+    "llama": {**_ROPE_RMS, "mlp": ("swiglu",), "qk_norm": (False,), "embed_norm": (False,),
+              "logit_softcap": (0.0,), "unet_skips": (False,)},
+    "qwen3": {**_ROPE_RMS, "mlp": ("swiglu",), "qk_norm": (True,), "embed_norm": (False,),
+              "logit_softcap": (0.0,), "bias": (False,), "unet_skips": (False,)},
+}
+CLASS_NAMES = {"gpt2": "GPT2LMHeadModel", **CLASSES}
 
 
-def _check_gpt2(config: GPTConfig) -> None:
-    wrong = [f"{k}={getattr(config, k)!r}" for k, v in GPT2_ARCHITECTURE.items() if getattr(config, k) != v]
+def hf_architecture(config: GPTConfig) -> str:
+    """The model_type of the transformers class that computes `config` (gpt2, nanochat, llama or qwen3);
+    a one-line UserError naming the options the nearest class lacks when none does."""
+    def lacks(kind: str) -> dict[str, tuple]:
+        return {k: v for k, v in EXPRESSES[kind].items() if getattr(config, k) not in v}
+
+    kind = min(EXPRESSES, key=lambda k: len(lacks(k)))
+    wrong = lacks(kind)
     if wrong:
-        need = ", ".join(f"{k}={v!r}" for k, v in GPT2_ARCHITECTURE.items())
-        raise UserError(f"only the GPT-2 architecture converts to transformers ({need}); this model has "
-                        f"{', '.join(wrong)}")
+        need = ", ".join(f"{k}={' or '.join(map(repr, v))}" for k, v in wrong.items())
+        has = ", ".join(f"{k}={getattr(config, k)!r}" for k in wrong)
+        raise UserError(f"no transformers class computes this model: the nearest, {CLASS_NAMES[kind]}, needs "
+                        f"{need} (this model has {has})")
+    return kind
 
 
 def to_hf(model: GPT, eos_token_id: int | None = None):
-    """A `transformers.GPT2LMHeadModel` computing the same logits as model (which is left unchanged)."""
+    """The transformers model (GPT-2, NanoChat, Llama or Qwen3) computing the same logits as model,
+    which is left unchanged; eos_token_id becomes its end (and start) of text."""
     transformers = require_transformers()
-    GPT2Config, GPT2LMHeadModel = transformers.GPT2Config, transformers.GPT2LMHeadModel
-
     c = model.config
-    _check_gpt2(c)
+    kind = hf_architecture(c)
     special = eos_token_id if eos_token_id is not None else (50256 if c.vocab_size == 50257 else None)
-    hf_config = GPT2Config(
-        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
-        n_head=c.n_head, n_inner=4 * c.n_embd, activation_function="gelu_new", layer_norm_epsilon=1e-5,
-        resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
-        tie_word_embeddings=c.tie_embeddings, bos_token_id=special, eos_token_id=special,
-    )
-    hf = GPT2LMHeadModel(hf_config)
-    ours = model.state_dict()
-    with torch.no_grad():
-        for name, p in hf.named_parameters(remove_duplicate=False):
-            if name in ours:
-                src = ours[name].t() if name.endswith(_TRANSPOSED) else ours[name]
-                p.copy_(src[:c.vocab_size] if name in ("transformer.wte.weight", "lm_head.weight") else src)
-            elif name.endswith(".bias"):  # a model without biases: GPT-2's are zero
-                p.zero_()
-            else:
-                raise RuntimeError(f"no counterpart for transformers parameter {name}")
-    if c.tie_embeddings:
-        hf.tie_weights()
+    extra = {"scratchllm": dataclasses.asdict(c)}
+    if kind == "gpt2":
+        hf = transformers.GPT2LMHeadModel(gpt2_config(c, special, extra))
+        names = [n for n, _ in hf.named_parameters(remove_duplicate=False)]
+        weights = gpt2_weights(model, names)
+    else:
+        hf = getattr(transformers, CLASS_NAMES[kind])(modern_config(model, kind, special, extra))
+        weights = modern_weights(model, kind)
+    _fill(hf, weights)
     first = next(model.parameters())
     return hf.to(device=first.device, dtype=first.dtype).eval()
 
 
-def from_hf(hf_model, pad_vocab_multiple: int = 1) -> GPT:
-    """Our GPT (in eval mode) with the weights and shape of a `transformers.GPT2LMHeadModel`."""
+def _fill(hf, weights: dict) -> None:
+    """Copy weights (name -> tensor, or None for a zero bias) into every parameter of hf."""
+    with torch.no_grad():
+        for name, p in hf.named_parameters(remove_duplicate=False):
+            if name not in weights:
+                raise RuntimeError(f"no counterpart for transformers parameter {name}")
+            if weights[name] is None:
+                p.zero_()
+            else:
+                p.copy_(weights[name])
+    if hf.config.tie_word_embeddings:
+        hf.tie_weights()
+
+
+def from_hf(hf_model, pad_vocab_multiple: int | None = None) -> GPT:
+    """Our GPT (in eval mode) with the weights and shape of a transformers model that `to_hf` makes
+    (GPT2LMHeadModel, NanoChatForCausalLM, LlamaForCausalLM, Qwen3ForCausalLM); the vocabulary is
+    padded as `to_hf` recorded, or to pad_vocab_multiple when given."""
     hc = hf_model.config
-    if getattr(hc, "model_type", None) != "gpt2":
-        kind = getattr(hc, "model_type", type(hf_model).__name__)
-        raise UserError(f"from_hf reads GPT-2 models, not {kind!r}")
-    if not hasattr(hf_model, "lm_head"):  # GPT2Model is GPT-2 without its head
-        raise UserError(f"from_hf needs a GPT2LMHeadModel (with its head), not {type(hf_model).__name__}")
-    problems = []
-    if hc.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-        problems.append(f"activation {hc.activation_function!r}")
-    if hc.n_inner not in (None, 4 * hc.n_embd):
-        problems.append(f"MLP width {hc.n_inner}")
-    if not hc.scale_attn_weights or hc.scale_attn_by_inverse_layer_idx:
-        problems.append("non-standard attention scaling")
-    if abs(hc.layer_norm_epsilon - 1e-5) > 1e-12:
-        problems.append(f"layer_norm_epsilon {hc.layer_norm_epsilon}")
-    if problems:
-        raise UserError(f"this GPT-2 variant does not convert: {', '.join(problems)}")
-    config = GPTConfig(vocab_size=hc.vocab_size, block_size=hc.n_positions, n_layer=hc.n_layer,
-                       n_head=hc.n_head, n_embd=hc.n_embd, dropout=hc.resid_pdrop,
-                       tie_embeddings=bool(getattr(hc, "tie_word_embeddings", True)),
-                       pad_vocab_multiple=pad_vocab_multiple)
+    kind = getattr(hc, "model_type", None)
+    if kind not in EXPRESSES:
+        kind = kind or type(hf_model).__name__
+        raise UserError(f"from_hf reads {', '.join(CLASS_NAMES.values())}, not {kind!r}")
+    if not hasattr(hf_model, "lm_head"):  # GPT2Model, LlamaModel, ...: the body without its head
+        raise UserError(f"from_hf needs a {CLASS_NAMES[kind]} (with its head), not {type(hf_model).__name__}")
+    theirs = {n: p.detach() for n, p in hf_model.named_parameters(remove_duplicate=False)}
+    stored = getattr(hc, "scratchllm", None)
+    stored = stored if isinstance(stored, dict) else {}
+    if kind == "gpt2":
+        config = config_from_gpt2(hc, theirs, stored)
+    else:
+        config = config_from_modern(hc, kind, theirs)
+    pad = pad_vocab_multiple if pad_vocab_multiple is not None else stored.get("pad_vocab_multiple", 1)
+    config = dataclasses.replace(config, pad_vocab_multiple=pad if isinstance(pad, int) and pad > 0 else 1,
+                                 zero_init_proj=stored.get("zero_init_proj") is True)
     first = next(hf_model.parameters())
-    device = first.device
-    with torch.device("meta"):  # every weight is overwritten below: skip the random initialisation
-        model = GPT(config)
-    model.to_empty(device=device)  # GPT-2 has no buffers, so nothing is left uninitialised
-    if config.tie_embeddings:  # to_empty gives each name its own new tensor: tie them again
-        model.lm_head.weight = model.transformer.wte.weight
-    theirs = hf_model.state_dict()
+    model = _empty(config, first.device)
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    ours = weights_from_gpt2(theirs, names) if kind == "gpt2" else weights_from_modern(theirs, config, kind)
+    _load(model, ours, CLASS_NAMES[kind])
+    return model.to(first.dtype).eval()  # as to_hf: same dtype, dropout off until training asks
+
+
+def _load(model: GPT, ours: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ours (name -> tensor) into every parameter of model, padding the vocabulary with zero rows."""
+    vocab = model.config.vocab_size
     with torch.no_grad():
         for name, p in model.named_parameters(remove_duplicate=False):
-            if name == "lm_head.weight" and name not in theirs:  # a tied head saved once
-                name = "transformer.wte.weight"
-            src = theirs[name].t() if name.endswith(_TRANSPOSED) else theirs[name]
+            src = ours[name]
+            if src.shape[1:] != p.shape[1:] or src.shape[0] not in (p.shape[0], vocab):
+                raise UserError(f"{source}'s tensor for {name} has shape {tuple(src.shape)}, ours "
+                                f"{tuple(p.shape)}")
             if name in ("transformer.wte.weight", "lm_head.weight"):
-                p[:config.vocab_size].copy_(src)
-                p[config.vocab_size:].zero_()  # padding rows: never read by the logits we return
+                p[:vocab].copy_(src)
+                p[vocab:].zero_()  # padding rows: never read by the logits we return
             else:
                 p.copy_(src)
-    return model.to(first.dtype).eval()  # as to_hf: same dtype, dropout off until training asks
+
+
+def _empty(config: GPTConfig, device) -> GPT:
+    """Our GPT with uninitialised weights (they are all overwritten next) and its fixed tables."""
+    with torch.device("meta"):  # skip the random initialisation
+        model = GPT(config)
+    model.to_empty(device=device)
+    if config.tie_embeddings:  # to_empty gives each name its own new tensor: tie them again
+        model.lm_head.weight = model.transformer.wte.weight
+    with torch.no_grad():  # the buffers are computed, not loaded: compute them again
+        if config.pos == "rope":
+            cos, sin = rope_tables(config.block_size, config.head_dim)
+            model.rope_cos.copy_(cos)
+            model.rope_sin.copy_(sin)
+        elif config.pos == "sinusoidal":
+            model.sin_table.copy_(sinusoidal_table(config.block_size, config.n_embd))
+    return model

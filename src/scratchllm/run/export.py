@@ -10,8 +10,10 @@ import re
 import shutil
 from pathlib import Path
 
-from scratchllm.model.hf import require_transformers, to_hf
+from scratchllm.model.hf import EXPRESSES, hf_architecture, require_transformers, to_hf
 from scratchllm.run.load import load_run, run_tokenizer
+from scratchllm.tokenizer.encoding import EOT
+from scratchllm.tokenizer.hf_fast import fast_tokenizer
 from scratchllm.util.errors import UserError
 
 # What `export_run` writes (transformers' file names); a folder holding only these may be replaced.
@@ -21,7 +23,7 @@ _SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 
 def is_earlier_export(folder: Path) -> bool:
-    """Whether folder is empty or holds only what `export_run` writes, with a GPT-2 config."""
+    """Whether folder is empty or holds only what `export_run` writes, with a config it can write."""
     if not folder.is_dir():
         return False
     entries = list(folder.iterdir())
@@ -31,13 +33,13 @@ def is_earlier_export(folder: Path) -> bool:
     if len(names) != len(entries) or any(n not in EXPORT_FILES and not _SHARD_RE.fullmatch(n) for n in names):
         return False
     try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") == "gpt2"
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") in EXPRESSES
     except (OSError, ValueError, AttributeError):
         return False
 
 
 # --format: what each writes.
-FORMATS = {"hf": "a transformers GPT-2 folder"}
+FORMATS = {"hf": "a transformers folder (GPT-2, NanoChat, Llama or Qwen3: hf_architecture's choice)"}
 
 
 def export_run(run: str | Path, out: str | Path, fmt: str = "hf",
@@ -60,18 +62,17 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "hf",
     if quiet:
         transformers.utils.logging.disable_progress_bar()
     cfg, model, path = load_run(run)
+    hf_architecture(cfg.model)  # a model no class computes is refused before anything is written
     try:
         tok = run_tokenizer(run, cfg)
     except UserError:
         tok = None
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    to_hf(model, eos_token_id=tok.eot_id if tok else None).save_pretrained(tmp)
+    eot = tok.special_tokens.get(EOT) if tok is not None else None
+    to_hf(model, eos_token_id=eot).save_pretrained(tmp)
     if tok is not None:
-        eot = next((s for s, i in tok.special_tokens.items() if i == tok.eot_id), None)
-        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.to_hf(), eos_token=eot,
-                                                    bos_token=eot, model_max_length=cfg.model.block_size)
-        fast.save_pretrained(tmp)
+        fast_tokenizer(tok, model_max_length=cfg.model.block_size).save_pretrained(tmp)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

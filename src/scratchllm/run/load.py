@@ -88,9 +88,9 @@ def load_model(path: str | Path, device):
 
     transformers = require_transformers()
     try:
-        hf = transformers.GPT2LMHeadModel.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable transformers GPT-2 folder ({type(e).__name__})") from None
+        hf = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: not a readable transformers folder ({type(e).__name__})") from None
     model = from_hf(hf).to(device)
     if any((path / f).is_file() for f in ("tokenizer.json", "vocab.json")):
         tok = HFTokenizer(transformers.AutoTokenizer.from_pretrained(path, local_files_only=True))
