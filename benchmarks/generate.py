@@ -6,7 +6,7 @@ Greedy decoding from random weights; prints tokens/s for both and their ratio, a
 both produce the same tokens. Without a cache every step re-reads the whole sequence, so its cost
 grows with the length; with the cache each step handles one position.
 
-On the CPU a cached step is all one-row products, which `scratchllm.model.decode` spreads over
+On the CPU a cached step is all one-row products, which `scratchllm.model.cpu_matvec` spreads over
 the cores. A third line shows the cache with plain `F.linear` instead, so both effects can be read
 apart.
 """

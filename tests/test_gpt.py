@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from scratchllm.model.gpt import GPT, GPTConfig, LayerCache, sample
+from scratchllm.model.generate import KVCache, sample
+from scratchllm.model.gpt import GPT, GPTConfig
 from scratchllm.util.errors import UserError
 
 V = 97
@@ -106,12 +107,16 @@ def test_cached_logits_equal_full_forward(pos):
     model = spread(GPT(small(pos=pos, qk_norm=pos == "rope")))
     idx = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(0))
     full = model(idx)[0]
-    caches = [LayerCache(16) for _ in range(model.config.n_layer)]
+    cache = KVCache(model.config.n_layer, 16)
     with torch.no_grad():
-        steps = [model._logits(model._hidden(idx[:, :5], caches))]  # prefill 5 tokens
-        steps += [model._logits(model._hidden(idx[:, t:t + 1], caches)) for t in range(5, 9)]
-        steps.append(model._logits(model._hidden(idx[:, 9:], caches)))  # several tokens after a prefix
+        steps = [model._logits(model._hidden(idx[:, :5], cache))]  # prefill 5 tokens
+        steps += [model._logits(model._hidden(idx[:, t:t + 1], cache)) for t in range(5, 9)]
+        steps.append(model._logits(model._hidden(idx[:, 9:], cache)))  # several tokens after a prefix
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    cache.reset()
+    with torch.no_grad():  # the public face of the same: the distribution of the next token
+        torch.testing.assert_close(model.next_logits(idx[:, :7], cache), full[:, 6], atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.next_logits(idx[:, 7:12], cache), full[:, 11], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
@@ -329,3 +334,38 @@ def test_speedrun_options_train_stay_causal_and_cache_exactly(options):
     prompt = idx[:, :4]
     assert torch.equal(model.generate(prompt, 20, temperature=0), model.generate(prompt, 20, temperature=0,
                                                                                  use_cache=False))
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"tie_embeddings": False}, {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False},
+    {"pos": "sinusoidal", "unet_skips": True, "n_layer": 4},
+    {"mlp": "relu2", "qk_norm": True, "embed_norm": True},
+])
+def test_parameter_groups_hold_every_parameter_once(options):
+    model = GPT(small(**options))
+    groups = model.param_groups()
+    ids = [id(p) for g in groups.values() for p in g]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    order = [id(p) for p in model.parameters()]
+    for g in groups.values():  # each group in the model's own order (the optimizer state's order)
+        assert [order.index(id(p)) for p in g] == sorted(order.index(id(p)) for p in g)
+    named = dict(model.named_parameters())
+    assert {id(p) for p in groups["matrices"]} == {id(p) for n, p in named.items()
+                                                   if n.startswith("transformer.h.") and p.ndim == 2}
+    head = [] if model.config.tie_embeddings else [id(model.lm_head.weight)]
+    assert [id(p) for p in groups["head"]] == head
+    assert all(p.ndim < 2 for p in groups["vectors"])
+    model.register_parameter("stray", torch.nn.Parameter(torch.zeros(2, 2)))  # a matrix outside the blocks
+    with pytest.raises(AssertionError, match="stray .* has no group"):
+        model.param_groups()
+
+
+def test_each_option_is_a_module_chosen_when_the_model_is_built():
+    from scratchllm.model.gpt import MLP, RMS, ReLU2MLP, SwiGLU
+
+    kinds = {"gelu": MLP, "relu2": ReLU2MLP, "swiglu": SwiGLU}
+    for mlp, cls in kinds.items():
+        assert type(GPT(small(mlp=mlp)).transformer.h[0].mlp) is cls
+    plain, modern = GPT(small()), GPT(small(qk_norm=True, embed_norm=True))
+    assert isinstance(plain.embed_norm, torch.nn.Identity) and isinstance(modern.embed_norm, RMS)
+    assert isinstance(modern.transformer.h[0].attn.qk_norm, RMS)

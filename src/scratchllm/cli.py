@@ -57,10 +57,12 @@ def cmd_tokenizer_train(args) -> int:
     import time
 
     from scratchllm.data.tokenize import train_tokenizer
+    from scratchllm.tokenizer.chat import CHAT_TOKENS
     from scratchllm.util.sizes import parse_size
 
-    if args.vocab_size < 258:
-        raise UserError(f"--vocab-size must be at least 258 (256 bytes, one merge, <|endoftext|>), "
+    if args.vocab_size < 258 + len(CHAT_TOKENS):
+        raise UserError(f"--vocab-size must be at least {258 + len(CHAT_TOKENS)} (256 bytes, one merge, "
+                        f"<|endoftext|> and the {len(CHAT_TOKENS)} chat tokens), "
                         f"got {args.vocab_size}")
     max_bytes = parse_size(args.max_bytes) if args.max_bytes else None
     start = time.perf_counter()

@@ -33,7 +33,8 @@ from scratchllm.data.folder import read_meta
 from scratchllm.data.shard_writer import ShardWriter, SplitPlan
 from scratchllm.data.sources import DEFAULT_VAL_DOCS, Source, open_source
 from scratchllm.data.tokens import MAX_TOKENS, dtype_for_vocab
-from scratchllm.tokenizer.encoding import Tokenizer, load_tokenizer, train_bpe
+from scratchllm.tokenizer.chat import CHAT_TOKENS
+from scratchllm.tokenizer.encoding import EOT, Tokenizer, load_tokenizer, train_bpe
 from scratchllm.tokenizer.parallel import default_workers, ordered_map
 from scratchllm.util.disk import default_min_free, disk_free
 from scratchllm.util.errors import UserError
@@ -295,7 +296,9 @@ def train_tokenizer(source, vocab_size: int, out_dir: str | Path, pattern: str =
     """Learn BPE from a corpus (see `iter_documents`) and save out_dir/tokenizer.json."""
     workers = _check_workers(workers)
     Path(out_dir).mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after training
-    tok = train_bpe(iter_texts(source), vocab_size, pattern=pattern, max_bytes=max_bytes,
-                    progress=not quiet, workers=workers)
+    # The turn tokens of a conversation are reserved now, so a model trained on these ids can later be
+    # fine-tuned to chat without growing its vocabulary.
+    tok = train_bpe(iter_texts(source), vocab_size, pattern=pattern, special_tokens=(EOT, *CHAT_TOKENS),
+                    max_bytes=max_bytes, progress=not quiet, workers=workers)
     tok.save(out_dir)
     return tok

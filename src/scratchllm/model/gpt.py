@@ -13,11 +13,13 @@ Attention is the fused form of `attention.MultiHeadAttention`: one QKV projectio
 tensor dimension, `scaled_dot_product_attention` (flash attention on CUDA). The training path
 has no data-dependent Python branches, so `torch.compile` sees one graph.
 
-Generation keeps a KV cache: past keys and values are stored so each new token costs one
-position, not the whole context. Past the context length the window slides; since every
-position embedding (and, through the layers, every hidden state) depends on where the window
-starts, the cache is rebuilt from the cropped window, which keeps the output identical to
-generation without a cache.
+Each option is chosen once, when the model is built: the MLP is one of three classes, the
+position scheme one of three methods, the embedding norm and QK-norm a module or the identity, the
+U-net skips one of two loops; nothing branches on the config in a forward pass.
+
+Generation (the KV cache, sampling, the decoding loop) lives beside the model in `generate.py`;
+the model's part is `next_logits(ids, cache)`, the distribution of the token after `ids` given what
+the cache holds.
 
 `GPTConfig` is defined in `scratchllm.config`, beside the presets and the training settings, so that
 reading a config needs no torch; it is importable from here as well.
@@ -26,14 +28,14 @@ reading a config needs no torch; it is importable from here as well.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.config import GPTConfig
-from scratchllm.model.decode import SplitRowProducts
+from scratchllm.model import generate as generation
+from scratchllm.model.generate import KVCache, LayerCache
 from scratchllm.util.errors import UserError
 
 RMS_EPS = 1e-6  # every RMS norm's epsilon (the blocks', QK-norm's and the embedding's), as nanochat's
@@ -73,25 +75,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-class LayerCache:
-    """Keys and values one attention layer has seen, preallocated for the whole context."""
+class RMS(nn.Module):
+    """RMS normalisation without a learned gain, over the last dimension (QK-norm, the embedding norm)."""
 
-    def __init__(self, block_size: int):
-        self.block_size = block_size
-        self.k = self.v = None
-        self.pos = 0  # positions filled so far
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, H, t, d) at the next t positions; return all keys and values so far."""
-        if self.k is None:
-            B, H, _, D = k.shape
-            self.k = k.new_empty(B, H, self.block_size, D)
-            self.v = v.new_empty(B, H, self.block_size, D)
-        t = k.size(2)
-        self.k[:, :, self.pos:self.pos + t] = k
-        self.v[:, :, self.pos:self.pos + t] = v
-        self.pos += t
-        return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), eps=RMS_EPS)
 
 
 class Attention(nn.Module):
@@ -100,7 +88,8 @@ class Attention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head, self.head_dim, self.dropout = config.n_head, config.head_dim, config.dropout
-        self.qk_norm = config.qk_norm
+        # QK-norm bounds the attention logits, which lets training use higher learning rates.
+        self.qk_norm = RMS() if config.qk_norm else nn.Identity()
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -109,8 +98,7 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        if self.qk_norm:  # bounds the attention logits, which lets training use higher learning rates
-            q, k = F.rms_norm(q, (self.head_dim,), eps=RMS_EPS), F.rms_norm(k, (self.head_dim,), eps=RMS_EPS)
+        q, k = self.qk_norm(q), self.qk_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         start = 0
@@ -130,29 +118,44 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward network: GELU (tanh form, as GPT-2), SwiGLU or ReLU²."""
+    """Position-wise feed-forward network, 4x as wide: c_fc, an activation, c_proj. GPT-2's GELU (tanh
+    form); subclasses change the activation (and the width)."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, hidden: int | None = None, n_in: int | None = None):
         super().__init__()
-        self.kind = config.mlp
-        hidden = 4 * config.n_embd
-        if self.kind == "swiglu":  # 2/3 of 4x keeps the parameter count of the 4x MLP (Shazeer 2020)
-            hidden = (8 * config.n_embd // 3 + 63) // 64 * 64
-        n_in = 2 * hidden if self.kind == "swiglu" else hidden  # gate and value in one matmul
-        self.c_fc = nn.Linear(config.n_embd, n_in, bias=config.bias)
+        hidden = hidden or 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, n_in or hidden, bias=config.bias)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
+    def activation(self, h: torch.Tensor) -> torch.Tensor:
+        return F.gelu(h, approximate="tanh")
+
     def forward(self, x):
-        h = self.c_fc(x)
-        if self.kind == "gelu":
-            h = F.gelu(h, approximate="tanh")
-        elif self.kind == "relu2":
-            h = F.relu(h).square()
-        else:
-            gate, value = h.chunk(2, dim=-1)
-            h = F.silu(gate) * value
-        return self.dropout(self.c_proj(h))
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
+
+
+class ReLU2MLP(MLP):
+    """The speedruns' squared ReLU (So et al. 2021, Primer)."""
+
+    def activation(self, h: torch.Tensor) -> torch.Tensor:
+        return F.relu(h).square()
+
+
+class SwiGLU(MLP):
+    """A gated MLP (Shazeer 2020): silu(gate) * value, both from one matmul; 2/3 of 4x wide, so it has
+    the parameters of the 4x MLP."""
+
+    def __init__(self, config: GPTConfig):
+        hidden = (8 * config.n_embd // 3 + 63) // 64 * 64
+        super().__init__(config, hidden, n_in=2 * hidden)
+
+    def activation(self, h: torch.Tensor) -> torch.Tensor:
+        gate, value = h.chunk(2, dim=-1)
+        return F.silu(gate) * value
+
+
+MLPS: dict[str, type[MLP]] = {"gelu": MLP, "relu2": ReLU2MLP, "swiglu": SwiGLU}
 
 
 class Block(nn.Module):
@@ -163,7 +166,7 @@ class Block(nn.Module):
         self.ln_1 = _norm(config)
         self.attn = Attention(config)
         self.ln_2 = _norm(config)
-        self.mlp = MLP(config)
+        self.mlp = MLPS[config.mlp](config)
 
     def forward(self, x, rope=None, cache=None):
         x = x + self.attn(self.ln_1(x), rope, cache)
@@ -185,6 +188,8 @@ class GPT(nn.Module):
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=_norm(config),
         ))
+        self._add_positions = {"learned": self._learned_positions, "sinusoidal": self._sinusoidal_positions,
+                               "rope": self._rotary_positions}[config.pos]
         if config.pos == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         elif config.pos == "sinusoidal":  # not persistent: derived from the config, not learned
@@ -194,9 +199,12 @@ class GPT(nn.Module):
             cos, sin = rope_tables(config.block_size, config.head_dim)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        # Every token enters the first block at the same scale (nanochat's norm of the embedding).
+        self.embed_norm = RMS() if config.embed_norm else nn.Identity()
         self.lm_head = nn.Linear(config.n_embd, V, bias=False)
         if config.tie_embeddings:  # one Parameter, two names: state_dict and optimizers see it once
             self.lm_head.weight = self.transformer.wte.weight
+        self._run_blocks = self._unet_blocks if config.unet_skips else self._blocks
         if config.unet_skips:  # one weight per skip, from layer i to layer n_layer - 1 - i
             self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2))
         self.apply(self._init_weights)
@@ -237,32 +245,65 @@ class GPT(nn.Module):
         """Model FLOPs utilisation: achieved training FLOP/s as a fraction of the hardware's peak."""
         return self.flops_per_token() * tokens_per_s / peak_flops
 
-    def _hidden(self, idx: torch.Tensor, caches: list[LayerCache] | None = None) -> torch.Tensor:
-        """Final normalised hidden states (B, T, n_embd) for tokens idx (B, T)."""
-        T = idx.size(1)
-        start = caches[0].pos if caches is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        x = self.transformer.wte(idx)
-        rope = None
-        if self.config.pos == "learned":
-            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
-        elif self.config.pos == "sinusoidal":
-            x = x + self.sin_table[start:start + T].to(x.dtype)
-        else:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
-        if self.config.embed_norm:  # every token enters the first block at the same scale
-            x = F.rms_norm(x, (x.size(-1),), eps=RMS_EPS)
-        x = self.transformer.drop(x)
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Every parameter in exactly one group, in `named_parameters` order: "matrices" (the blocks'
+        2-D weights), "embeddings" (token and position tables), "head" (an untied head), "vectors"
+        (norm gains, biases, skip weights). Optimizers choose rates and decay by group."""
+        groups: dict[str, list[nn.Parameter]] = {"matrices": [], "embeddings": [], "head": [], "vectors": []}
+        for name, p in self.named_parameters():  # a tied head is the embedding: named once
+            if name.startswith("transformer.h.") and p.ndim == 2:
+                groups["matrices"].append(p)
+            elif name in ("transformer.wte.weight", "transformer.wpe.weight"):
+                groups["embeddings"].append(p)
+            elif name == "lm_head.weight":
+                groups["head"].append(p)
+            elif p.ndim < 2:
+                groups["vectors"].append(p)
+            else:
+                raise AssertionError(f"parameter {name} of shape {tuple(p.shape)} has no group")
+        grouped = [id(p) for group in groups.values() for p in group]
+        assert sorted(grouped) == sorted(map(id, self.parameters())), "a parameter is in no or two groups"
+        return groups
+
+    # --- the forward pass ----------------------------------------------------------------------------
+
+    def _learned_positions(self, x: torch.Tensor, start: int):
+        T = x.size(1)
+        return x + self.transformer.wpe(torch.arange(start, start + T, device=x.device)), None
+
+    def _sinusoidal_positions(self, x: torch.Tensor, start: int):
+        return x + self.sin_table[start:start + x.size(1)].to(x.dtype), None
+
+    def _rotary_positions(self, x: torch.Tensor, start: int):
+        T = x.size(1)
+        return x, (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+
+    def _blocks(self, x: torch.Tensor, rope, cache: KVCache | None) -> torch.Tensor:
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rope, cache[i] if cache is not None else None)
+        return x
+
+    def _unet_blocks(self, x: torch.Tensor, rope, cache: KVCache | None) -> torch.Tensor:
+        """The blocks, the second half also taking the outputs of the first, mirrored (modded-nanogpt)."""
         skips: list[torch.Tensor] = []
         n = self.config.n_layer
         for i, block in enumerate(self.transformer.h):
-            if self.config.unet_skips and i >= n - n // 2:  # the second half takes the first's outputs
+            if i >= n - n // 2:
                 x = x + self.skip_weights[n - 1 - i] * skips.pop()
-            x = block(x, rope, caches[i] if caches is not None else None)
-            if self.config.unet_skips and i < n // 2:
+            x = block(x, rope, cache[i] if cache is not None else None)
+            if i < n // 2:
                 skips.append(x)
-        return self.transformer.ln_f(x)
+        return x
+
+    def _hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final normalised hidden states (B, T, n_embd) for tokens idx (B, T), after what `cache` holds."""
+        start = cache.pos if cache is not None else 0
+        if start + idx.size(1) > self.config.block_size:
+            raise ValueError(f"sequence of {start + idx.size(1)} tokens exceeds block_size "
+                             f"{self.config.block_size}")
+        x, rope = self._add_positions(self.transformer.wte(idx), start)
+        x = self.transformer.drop(self.embed_norm(x))
+        return self.transformer.ln_f(self._run_blocks(x, rope, cache))
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         # The padded rows exist only to make the matmul a friendly size; cut them off here so they
@@ -282,75 +323,13 @@ class GPT(nn.Module):
                                    ignore_index=-1)
         return logits, loss
 
-    @torch.no_grad()
+    def next_logits(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The float32 logits (B, vocab_size) of the token after idx (B, T); with a cache, idx comes after
+        the positions it holds, and goes into it."""
+        return self._logits(self._hidden(idx, cache)[:, -1, :]).float()
+
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True,
                  eot=None, generator=None, callback=None):
-        """Continue idx (B, T) by max_new_tokens sampled tokens; returns the longer idx.
-
-        temperature 0 means greedy. top_k keeps the k likeliest tokens, top_p the smallest set whose
-        probability reaches p. With eot, a row that samples it is finished (later tokens are eot)
-        and generation stops once all rows are. generator seeds the sampling; callback(tokens) gets
-        each new column (B,) as it is made, for streaming.
-        """
-        was_training = self.training
-        self.eval()  # dropout off: generation must be a function of the weights only
-        # One-row products (each cached step, and the head) are matrix-vector products; on the CPU
-        # decode.py spreads them over all cores.
-        cpu_cores = idx.device.type == "cpu" and torch.get_num_threads() > 1
-        fast_steps = SplitRowProducts() if cpu_cores else nullcontext()
-        try:
-            with fast_steps:
-                block = self.config.block_size
-                caches = None
-                done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-                for _ in range(max_new_tokens):
-                    if not use_cache:
-                        x = self._hidden(idx[:, -block:])
-                    elif caches is None or caches[0].pos >= block:
-                        # Empty, or full: (re)build the cache from the window of the last `block` tokens.
-                        caches = caches or [LayerCache(block) for _ in range(self.config.n_layer)]
-                        for cache in caches:
-                            cache.pos = 0
-                        x = self._hidden(idx[:, -block:], caches)
-                    else:
-                        x = self._hidden(idx[:, -1:], caches)
-                    logits = self._logits(x[:, -1, :]).float()
-                    nxt = sample(logits, temperature, top_k, top_p, generator)
-                    if eot is not None:
-                        nxt = torch.where(done, torch.full_like(nxt, eot), nxt)
-                        done |= nxt == eot
-                    idx = torch.cat([idx, nxt[:, None]], dim=1)
-                    if callback is not None:
-                        callback(nxt)
-                    if eot is not None and bool(done.all()):
-                        break
-                return idx
-        finally:
-            self.train(was_training)
-
-
-def sample(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
-    """One token id per row of logits (B, V): greedy at temperature 0, else top-k / nucleus sampling."""
-    if top_k is not None and top_k < 1 or top_p is not None and not 0 < top_p <= 1 or not temperature >= 0:
-        raise ValueError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1 (got {temperature}, {top_k}, "
-                         f"{top_p})")
-    # A temperature below the smallest normal number of the logits' dtype would divide 0 by 0 (it
-    # rounds to zero); it is greedy in all but name, so it is greedy.
-    if temperature < torch.finfo(logits.dtype).tiny:
-        return logits.argmax(dim=-1)
-    # Shifted so the largest is 0 first: a tiny temperature then sends the others to -inf, not to inf - inf.
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # Drop a token when the tokens before it already reach top_p; the likeliest always stays (a
-        # top_p that rounds to 0 in the logits' dtype would otherwise drop it too).
-        drop = probs.cumsum(dim=-1) - probs >= top_p
-        drop[:, 0] = False
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        """Continue idx (B, T) by max_new_tokens sampled tokens; see `generate.generate`."""
+        return generation.generate(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, eot,
+                                   generator, callback)

@@ -88,6 +88,16 @@ class Tokenizer:
         return tiktoken.Encoding(self.name, pat_str=self.pattern, mergeable_ranks=self.ranks,
                                  special_tokens=self.special_tokens)
 
+    def with_special_tokens(self, names, suffix: str = "special") -> Tokenizer:
+        """This tokenizer if it has every special token of `names`, else a copy with the missing ones
+        added after its last id (and "+suffix" on its name); ordinary text encodes as before."""
+        missing = [t for t in names if t not in self.special_tokens]
+        if not missing:
+            return self
+        specials = {**self.special_tokens, **{t: self.vocab_size + i for i, t in enumerate(missing)}}
+        return Tokenizer(self.ranks, self.pattern, specials, name=f"{self.name}+{suffix}",
+                         merges=self._merges, byte_ids=self._byte_ids)
+
     def encode(self, text: str) -> list[int]:
         """Ids of ordinary text: a literal '<|endoftext|>' in the text is text, not the special id."""
         return self._tiktoken.encode_ordinary(text)

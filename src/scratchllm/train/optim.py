@@ -16,8 +16,12 @@ own peak learning rate.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from scratchllm.model.gpt import GPT
 
 MUON_MOMENTUM_START = 0.85
 
@@ -191,31 +195,29 @@ def _adamw(groups: list[dict], tc) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=tc.lr, betas=betas, eps=1e-8)
 
 
-def is_muon_param(name: str, p: torch.Tensor) -> bool:
-    """Muon takes the 2-D weight matrices inside the blocks; embeddings and the head stay with AdamW."""
-    return p.ndim == 2 and name.startswith("transformer.h.")
-
-
-def _adamw_groups(named: list[tuple[str, torch.nn.Parameter]], tc) -> list[dict]:
-    """Matrices with weight decay, vectors without; the embedding tables at `embed_lr` when it is set."""
-    embeddings = [p for n, p in named if n.endswith(("wte.weight", "wpe.weight"))] if tc.embed_lr else []
-    rest = [p for _, p in named if all(p is not e for e in embeddings)]
-    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": tc.weight_decay},
-              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
-              {"params": embeddings, "weight_decay": tc.weight_decay, "lr": tc.embed_lr}]
+def _adamw_groups(params: dict[str, list[torch.nn.Parameter]], order: dict[int, int], tc) -> list[dict]:
+    """Matrices with weight decay, vectors without; the embedding tables at `embed_lr` when it is set.
+    Within a group the model's own order, which its optimizer state is saved in."""
+    separate = params["embeddings"] if tc.embed_lr else []
+    decayed = params["matrices"] + params["head"] + (params["embeddings"] if not tc.embed_lr else [])
+    groups = [{"params": sorted(decayed, key=lambda p: order[id(p)]), "weight_decay": tc.weight_decay},
+              {"params": params["vectors"], "weight_decay": 0.0},
+              {"params": separate, "weight_decay": tc.weight_decay, "lr": tc.embed_lr}]
     return [g for g in groups if g["params"]]
 
 
-def make_optimizer(model: torch.nn.Module, tc, ns_dtype: torch.dtype = torch.float32) -> Optimizers:
+def make_optimizer(model: GPT, tc, ns_dtype: torch.dtype = torch.float32) -> Optimizers:
     """The optimizers `train.optimizer` names for `model`, as one `Optimizers`.
 
     `ns_dtype` is Muon's iteration dtype: float32 unless the caller knows bf16 is fast here (the
     Trainer passes its Precision's `iteration_dtype`), so no caller meets the slow bf16 path by default.
     """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    muon = [p for n, p in named if tc.optimizer == "muon" and is_muon_param(n, p)]
-    rest = [(n, p) for n, p in named if all(p is not m for m in muon)]
-    optimizers: dict[str, torch.optim.Optimizer] = {"adamw": _adamw(_adamw_groups(rest, tc), tc)}
+    groups = {name: [p for p in params if p.requires_grad] for name, params in model.param_groups().items()}
+    order = {id(p): i for i, p in enumerate(model.parameters())}
+    # Muon takes the 2-D weight matrices inside the blocks; embeddings, head and vectors stay with AdamW.
+    muon = groups["matrices"] if tc.optimizer == "muon" else []
+    rest = {**groups, "matrices": [] if muon else groups["matrices"]}
+    optimizers: dict[str, torch.optim.Optimizer] = {"adamw": _adamw(_adamw_groups(rest, order, tc), tc)}
     if muon:
         optimizers["muon"] = Muon(muon, ns_dtype=ns_dtype, lr=tc.muon_lr, momentum=tc.muon_momentum,
                                   weight_decay=tc.muon_weight_decay, nesterov=True)

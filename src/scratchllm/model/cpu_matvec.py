@@ -12,7 +12,7 @@ runs one block per core. Each output is still one dot product of a weight row wi
 the results are `F.linear`'s up to the order of float additions; only which core reads which rows
 changes. On those 2 cores cached decoding of gpt2-124m gets 1.6-1.7x faster (`benchmarks/generate.py`).
 
-`SplitRowProducts` applies it inside `GPT.generate` without touching the model's code: while the
+`SplitRowProducts` applies it inside generation (generate.py) without touching the model's code: while the
 mode is active, every `F.linear` on a single row goes through `split_linear`, everything else (the
 prompt, training, other devices) runs untouched.
 """
