@@ -38,9 +38,16 @@ def test_demo_refuses_a_bad_setting_before_any_work(run_cli, tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
-def test_choose_model_falls_back_to_the_smallest_and_keeps_the_sets():
-    from scratchllm.demo import DEMO_MODELS, choose_model
+def test_choose_model_falls_back_to_the_smallest_and_keeps_the_sets(monkeypatch):
+    from scratchllm import demo
+    from scratchllm.demo import choose_model
 
+    # Shapes small enough to time in a second, in the same order as the demo's: largest first.
+    monkeypatch.setattr(demo, "DEMO_MODELS", [
+        ["model.n_layer=2", "model.n_embd=64", "model.n_head=2"],
+        ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=128"],
+    ])
+    DEMO_MODELS = demo.DEMO_MODELS
     tokens = np.random.default_rng(0).integers(0, 512, 50_000).astype(np.uint16)
     # No model makes MIN_STEPS in a thousandth of a minute: the smallest is trained, with the sets.
     cfg, rate = choose_model(512, tokens, 1e-3, sets=["train.dtype=float32", "train.batch_size=2"])
