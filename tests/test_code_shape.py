@@ -1,4 +1,4 @@
-"""The shape of the code: short, simple functions; imports that run one way; the README's map of it."""
+"""The shape of the code: short, simple functions; imports that run one way; docs/layout.md's map of it."""
 
 import ast
 import re
@@ -123,7 +123,7 @@ def _upward(graph: dict[str, set[str]]) -> list[str]:
 
 def test_every_module_has_a_layer():
     unplaced = sorted(m for m in MODULES if m != "scratchllm" and _layer(m) not in LAYERS)
-    assert unplaced == [], "add these to LAYERS (and the README's layout): " + ", ".join(unplaced)
+    assert unplaced == [], "add these to LAYERS (and docs/layout.md): " + ", ".join(unplaced)
 
 
 def test_every_import_runs_down_the_layers():
@@ -156,10 +156,10 @@ def test_upward_finder(graph, expected):
     assert _upward(graph) == expected
 
 
-def test_readme_layout_names_every_module():
-    """The layout section of README.md lists each module of the package, and nothing that is gone."""
-    readme = (SRC.parent / "README.md").read_text(encoding="utf-8")
-    layout = readme.split("## Layout", 1)[1].split("```")[1]
+def test_layout_page_names_every_module():
+    """The map in docs/layout.md lists each module of the package, and nothing that is gone."""
+    page = (SRC.parent / "docs" / "layout.md").read_text(encoding="utf-8")
+    layout = page.split("# Layout", 1)[1].split("```")[1]
     listed = set(re.findall(r"^  ([\w/]+\.py)\b", layout, flags=re.M))
     actual = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
               if p.name not in ("__init__.py", "__main__.py")}
