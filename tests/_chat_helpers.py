@@ -68,3 +68,62 @@ def save_run(folder: Path, model, tok) -> Path:
     from _eval_helpers import make_run
 
     return make_run(folder, model, tok)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`scratchllm serve` in a subprocess on 127.0.0.1 and a free port; `stop()` ends it."""
+
+    def __init__(self, run: Path, log: Path, env: dict):
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "scratchllm", "serve", "--run", str(run),
+                                      "--port", str(self.port)], env=env, stdout=log.open("w"),
+                                     stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 120.0) -> Server:
+        """Return once the server answers (or fail with its log)."""
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the server did not answer within {timeout} s: {self.log.read_text()}")
+
+    def health(self) -> dict:
+        """GET /health."""
+        import httpx
+
+        return httpx.get(self.url + "/health", timeout=10).json()
+
+    def stop(self) -> None:
+        """Terminate the server and wait for it."""
+        import subprocess
+
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
