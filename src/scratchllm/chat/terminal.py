@@ -14,6 +14,9 @@ from typing import TextIO
 from scratchllm.chat.engine import ContextError, Engine, Sampling
 from scratchllm.util.errors import UserError
 
+# A model can write any character; control characters (escape sequences above all) would drive the
+# terminal instead of showing, so all but newline and tab print as U+FFFD.
+SHOWN = {c: "\ufffd" for c in [*range(32), *range(127, 160)] if chr(c) not in "\n\t"}
 HELP = "/reset starts over, /quit or Ctrl-D ends, Ctrl-C stops a reply"
 USER_PROMPT, MODEL_PROMPT = "you> ", "model> "
 
@@ -42,7 +45,7 @@ def _reply(session, text: str, params: Sampling, stdout: TextIO) -> None:
     stream = session.ask(text, params)
     try:
         for piece in stream:
-            stdout.write(piece)
+            stdout.write(piece.translate(SHOWN))
             stdout.flush()
     except KeyboardInterrupt:
         stdout.write(" [stopped]")
