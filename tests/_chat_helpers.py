@@ -35,6 +35,21 @@ def random_gpt(vocab_size: int, block_size: int = 128, seed: int = 0, n_layer: i
     return model.eval()
 
 
+def endless(model, tok):
+    """`model` with the head rows of the end tokens zeroed: their logit is 0, far below the likeliest
+    token's at this spread, so a reply runs to its length limit (a client can leave in the middle)."""
+    import torch
+
+    from scratchllm.tokenizer.chat import ASSISTANT_END, BOS
+    from scratchllm.tokenizer.encoding import EOT
+
+    with torch.no_grad():
+        for name in (ASSISTANT_END, BOS, EOT):
+            if name in tok.special_tokens:
+                model.lm_head.weight[tok.special_tokens[name]] = 0.0
+    return model
+
+
 def scripted_gpt(vocab_size: int, script: list[int], block_size: int = 64):
     """A real GPT whose greedy choice after position p is script[p], whatever the tokens are.
 

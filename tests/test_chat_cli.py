@@ -117,3 +117,19 @@ def test_a_base_run_says_so_once_and_ctrl_d_ends_it(runs):
         assert term.screen().count("plain completion") == 1
     finally:
         term.close()
+
+
+def test_mistakes_on_the_command_line_are_one_line_and_status_2(runs, capsys):
+    import socket
+
+    from scratchllm.cli import main
+
+    assert main(["chat", "--run", str(runs[0]), "--temperature", "-1"]) == 2
+    assert main(["serve", "--run", str(runs[0].parent / "missing")]) == 2
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", "--run", str(runs[0]), "--port", str(busy.getsockname()[1])]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and all(line.startswith("scratchllm: error: ") for line in lines)
+    assert "temperature" in lines[0] and "not a run folder" in lines[1] and "cannot listen" in lines[2]

@@ -11,7 +11,7 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from _chat_helpers import Server, chat_tokenizer, random_gpt, save_run  # noqa: E402
+from _chat_helpers import Server, chat_tokenizer, endless, random_gpt, save_run  # noqa: E402
 
 from scratchllm.chat.engine import Engine, Sampling  # noqa: E402
 
@@ -24,7 +24,7 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     tok, base = chat_tokenizer(), chat_tokenizer(chat=False)
-    return (save_run(folder / "chatrun", random_gpt(tok.vocab_size, block_size=BLOCK), tok),
+    return (save_run(folder / "chatrun", endless(random_gpt(tok.vocab_size, block_size=BLOCK), tok), tok),
             save_run(folder / "baserun", random_gpt(base.vocab_size, block_size=256, seed=1), base))
 
 
@@ -221,7 +221,7 @@ def test_concurrent_streams_each_equal_what_they_get_alone(client):
 
 def test_a_client_that_leaves_frees_its_slot(chat_server, client):
     before = chat_server.health()["tokens_generated"]
-    body = {"model": "chatrun", "messages": MESSAGES, "temperature": 1.0, "stream": True,
+    body = {"model": "chatrun", "messages": MESSAGES, "temperature": 0, "stream": True,
             "max_tokens": 100_000}
     with httpx.stream("POST", chat_server.url + "/v1/chat/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
@@ -239,6 +239,18 @@ def test_a_client_that_leaves_frees_its_slot(chat_server, client):
     reply = client.chat.completions.create(model="chatrun", messages=MESSAGES, temperature=0, max_tokens=5)
     assert reply.choices[0].message.content and time.monotonic() - t0 < 5
     assert "cancelled" in chat_server.log.read_text()
+
+
+def test_a_client_that_gives_up_on_a_whole_answer_frees_its_slot_too(chat_server):
+    cancelled = chat_server.log.read_text().count("cancelled")
+    body = {"model": "chatrun", "messages": MESSAGES, "temperature": 0, "max_tokens": 100_000}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(chat_server.url + "/v1/chat/completions", json=body, timeout=0.3)
+    deadline = time.monotonic() + 5
+    while chat_server.log.read_text().count("cancelled") == cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert chat_server.log.read_text().count("cancelled") == cancelled + 1
+    assert chat_server.health()["active"] == 0
 
 
 def test_the_page_is_served_from_the_package_with_nothing_from_elsewhere(chat_server):

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _chat_helpers import Server, chat_tokenizer, random_gpt, save_run
+from _chat_helpers import Server, chat_tokenizer, endless, random_gpt, save_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
@@ -23,7 +23,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tok = chat_tokenizer()
-    model = random_gpt(tok.vocab_size, block_size=4096)
+    model = endless(random_gpt(tok.vocab_size, block_size=4096), tok)
     return save_run(tmp_path_factory.mktemp("page") / "pagerun", model, tok)
 
 

@@ -172,15 +172,24 @@ async def _events(job: Job, reply: Reply, include_usage: bool):
         job.cancel()  # a no-op once finished; stops generation when the client left mid-stream
 
 
-async def _answer(service: Service, req: ChatRequest | CompletionRequest, chat: bool):
+async def _answer(service: Service, request: Request, req: ChatRequest | CompletionRequest, chat: bool):
     job = service.job(req)
     reply = Reply(service.name, chat)
     if req.stream:
         return StreamingResponse(_events(job, reply, req.include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
-        while await job.out.get() is not DONE:
-            pass
+        checked = time.monotonic()
+        while True:
+            try:
+                if await asyncio.wait_for(job.out.get(), timeout=0.5) is DONE:
+                    break
+            except asyncio.TimeoutError:
+                pass
+            if time.monotonic() - checked > 0.5:  # twice a second: is anybody still waiting for it?
+                checked = time.monotonic()
+                if await request.is_disconnected():
+                    job.cancel()
     finally:
         job.cancel()
     if job.error is not None or job.stream is None:
@@ -205,11 +214,11 @@ def create_app(engine: Engine, name: str, slots: int = 8):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        return await _answer(service, await _parse(request, ChatRequest), chat=True)
+        return await _answer(service, request, await _parse(request, ChatRequest), chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await _answer(service, await _parse(request, CompletionRequest), chat=False)
+        return await _answer(service, request, await _parse(request, CompletionRequest), chat=False)
 
     @app.get("/v1/models")
     async def models():
@@ -234,6 +243,19 @@ def create_app(engine: Engine, name: str, slots: int = 8):
     return app
 
 
+def _check_address(host: str, port: int) -> None:
+    """A UserError now, before the model loads, if nothing can listen on host:port."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+            s.bind(infos[0][4])
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, slots: int = 8) -> None:
     """Load a run and serve it until interrupted."""
     import uvicorn
@@ -244,6 +266,7 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, slots: int = 8) -
         raise UserError(f"--port must be in 0..65535, not {port}")
     if slots < 1:
         raise UserError(f"--slots must be at least 1, not {slots}")
+    _check_address(host, port)
     engine = Engine.from_run(run, pick_device("auto"))
     name = Path(run).resolve().name
     app = create_app(engine, name, slots)
