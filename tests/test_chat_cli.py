@@ -133,3 +133,18 @@ def test_mistakes_on_the_command_line_are_one_line_and_status_2(runs, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 3 and all(line.startswith("scratchllm: error: ") for line in lines)
     assert "temperature" in lines[0] and "not a run folder" in lines[1] and "cannot listen" in lines[2]
+
+
+def test_unknown_commands_and_overlong_messages_are_answered_and_the_chat_goes_on(runs):
+    import io
+
+    from scratchllm.chat.terminal import chat
+
+    engine = Engine.from_run(runs[0])
+    expect = engine.session().ask("Hello there", GREEDY).run()
+    out = io.StringIO()
+    chat(engine, GREEDY, stdin=io.StringIO("/help\n" + "hello " * 300 + "\nHello there\n/quit\nnever read\n"),
+         stdout=out)
+    text = out.getvalue()
+    assert "unknown command /help" in text and "send a shorter one" in text
+    assert f"model> {expect}\n" in text and "never read" not in text

@@ -107,7 +107,13 @@ class Worker:
                 job.post(DONE)
                 continue
             context = self._context_for(job.prompt)
-            job.stream = Stream(self.engine, context, job.prompt, job.params, job.cancelled.is_set)
+            try:
+                job.stream = Stream(self.engine, context, job.prompt, job.params, job.cancelled.is_set)
+            except ValueError as e:  # the server checks first; this keeps the thread alive regardless
+                self.pool.append(context)
+                job.error = e
+                job.post(DONE)
+                continue
             self.active.append((job, iter(job.stream)))
 
     def _loop(self) -> None:
