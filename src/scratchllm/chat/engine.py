@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import codecs
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -150,6 +151,8 @@ class Stream:
         self.text = ""
         self.finish_reason: str | None = None
         self.cached_tokens = 0  # prompt tokens the cache already held
+        self.started = time.perf_counter()
+        self.ttft: float | None = None  # seconds from the start to the first token sampled
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         self.generator = torch.Generator(device=next(engine.model.parameters()).device).manual_seed(seed)
 
@@ -174,6 +177,8 @@ class Stream:
                 self.finish_reason = "length"
                 break
             token = int(sample(logits, p.temperature, p.top_k, p.top_p, self.generator)[0])
+            if self.ttft is None:
+                self.ttft = time.perf_counter() - self.started
             if token in self.engine.end_ids:
                 self.finish_reason = "stop"
                 break

@@ -9,7 +9,8 @@ fastapi is imported at the top: this module is loaded by `scratchllm serve` only
 the routes' annotations, which must name its classes here.
 
 Everything a client can get wrong is a 400 with OpenAI's error object, an unknown route or model a
-404; an unexpected failure is answered as a 500-free error for that request only and logged.
+404. A failure inside generation costs only its own request (an error event in its stream, or a
+503) and is logged; the worker thread and every other request go on.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from scratchllm.chat.api import (
 )
 from scratchllm.chat.engine import Engine
 from scratchllm.chat.worker import DONE, Job, Worker
-from scratchllm.tokenizer.chat import ConversationError
 from scratchllm.util.errors import UserError
 from scratchllm.util.log import REPORT, get_logger
 
@@ -119,17 +119,17 @@ class Service:
 
     def prompt_of(self, req: ChatRequest | CompletionRequest) -> list[int]:
         """The request's prompt ids, checked against the context."""
+        param = "messages" if isinstance(req, ChatRequest) else "prompt"
         try:
             if isinstance(req, ChatRequest):
                 ids = self.engine.prompt_ids([m.plain() for m in req.messages])
             else:
                 ids = self.engine.text_ids(req.text())
-        except ConversationError as e:
-            raise RequestError(f"messages: {e}", "messages") from None
-        except ValueError as e:
-            raise RequestError(str(e), "prompt") from None
+        except RequestError:
+            raise
+        except ValueError as e:  # a conversation out of order, an empty message
+            raise RequestError(f"{param}: {e}", param) from None
         if len(ids) > self.engine.block_size:
-            param = "messages" if isinstance(req, ChatRequest) else "prompt"
             raise RequestError(f"the prompt is {len(ids):,} tokens; this model's context holds "
                                f"{self.engine.block_size:,}", param, "context_length_exceeded")
         return ids
