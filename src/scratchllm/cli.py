@@ -216,6 +216,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# --- talking to a model -----------------------------------------------------------------------
+
+
+def cmd_chat(args) -> int:
+    from scratchllm.chat.engine import Sampling
+    from scratchllm.chat.terminal import run_chat
+
+    run_chat(args.run, Sampling(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+                                max_new_tokens=args.max_new_tokens, seed=args.seed), args.system)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from scratchllm.chat.server import serve
+
+    serve(args.run, args.host, args.port, args.slots)
+    return 0
+
+
 # --- the parser --------------------------------------------------------------------------------
 
 
@@ -254,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _data_commands(add, group)
     _run_commands(add, group)
+    _talk_commands(add, group)
     return parser
 
 
@@ -355,12 +375,7 @@ def _run_commands(add, group) -> None:
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=200,
                    help="tokens to add at most; stops early at <|endoftext|> (default: 200)")
-    p.add_argument("--temperature", type=float, default=0.8,
-                   help="divides the logits; 0 means greedy, higher is more random (default: 0.8)")
-    p.add_argument("--top-k", type=int, default=50,
-                   help="sample among the k likeliest tokens; 0 turns it off (default: 50)")
-    p.add_argument("--top-p", type=float, default=1.0,
-                   help="sample among the likeliest tokens whose probability reaches p (default: 1, off)")
+    _sampling_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
     p.add_argument("--no-cache", action="store_true", help="recompute attention without a KV cache")
 
@@ -374,6 +389,35 @@ def _run_commands(add, group) -> None:
     p.add_argument("--minutes", type=float, default=None, help="training time budget in minutes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of the demo's models, e.g. --set train.dtype=float32")
+
+
+def _sampling_arguments(p) -> None:
+    """--temperature, --top-k, --top-p: how `generate` and `chat` pick each token."""
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="divides the logits; 0 means greedy, higher is more random (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=50,
+                   help="sample among the k likeliest tokens; 0 turns it off (default: 50)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="sample among the likeliest tokens whose probability reaches p (default: 1, off)")
+
+
+def _talk_commands(add, group) -> None:
+    """Talking to a trained run: chat in the terminal, serve the OpenAI API and a page."""
+    p = add("chat", cmd_chat, "talk with a run in the terminal (replies stream as they are generated)")
+    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--system", default=None, help="a system message opening the conversation")
+    _sampling_arguments(p)
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="tokens a reply has at most (default: 256)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the first reply; each turn adds one (default: 0)")
+
+    p = add("serve", cmd_serve, "serve a run: the OpenAI API under /v1 and a chat page at /")
+    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--slots", type=int, default=8, help="requests generated at once; more wait (default: 8)")
 
 
 def main(argv: list[str] | None = None) -> int:
