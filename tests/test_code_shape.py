@@ -105,8 +105,8 @@ def test_cycle_finder(graph, expected):
 
 
 # The layers, bottom to top: a module imports from the layers below its own, or from its own package.
-LAYERS = ["util", "config", "runtime", "tokenizer", "data", "model", "run", "eval", "train", "demo", "cli",
-          "__main__"]
+LAYERS = ["util", "config", "runtime", "tokenizer", "data", "model", "run", "eval", "train", "chat", "demo",
+          "cli", "__main__"]
 
 
 def _layer(module: str) -> str:

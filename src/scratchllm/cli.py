@@ -130,10 +130,12 @@ def cmd_train(args) -> int:
     from scratchllm.train import train
     from scratchllm.train.run_config import run_config
 
+    if args.init and (args.preset or args.config or any(s.strip().startswith("model.") for s in args.set)):
+        raise UserError("--init brings its model: drop --preset, --config and model.* keys (train.* apply)")
     cfg = run_config(args.out, args.resume, args.preset, args.config, args.set, args.max_steps,
                      args.max_minutes)
     summary = train(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet, verify=args.verify,
-                    tokenizer=args.tokenizer)
+                    tokenizer=args.tokenizer, init=args.init)
     if main_rank():
         val = f", val loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else ""
         bpb = f", {summary['val_bpb']:.3f} bits/byte" if "val_bpb" in summary else ""
@@ -254,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _data_commands(add, group)
     _run_commands(add, group)
+    _chat_commands(add, group)
     return parser
 
 
@@ -335,6 +338,9 @@ def _run_commands(add, group) -> None:
                    help="check every token id and shard hash first, whatever meta.json records")
     p.add_argument("--tokenizer", default=None,
                    help="the tokenizer of a folder without meta.json (llm.c / modded-nanogpt shards: gpt2)")
+    p.add_argument("--init", default=None, metavar="SRC",
+                   help="start from the weights and tokenizer of a run, an export or a transformers GPT-2 "
+                        "folder (the data must be tokens of that tokenizer); the optimizer starts fresh")
 
     p = add("eval", cmd_eval, "measure a run: held-out loss, HellaSwag, BIG-bench tasks, a CORE-style score")
     p.add_argument("--run", required=True, help="run folder, or a transformers folder (for tasks)")
@@ -374,6 +380,38 @@ def _run_commands(add, group) -> None:
     p.add_argument("--minutes", type=float, default=None, help="training time budget in minutes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of the demo's models, e.g. --set train.dtype=float32")
+
+
+# --- stage 5: chat -----------------------------------------------------------------------------
+
+
+def cmd_sft(args) -> int:
+    from scratchllm.chat.sft import sft, sft_config
+
+    cfg = sft_config(args.out, args.resume, args.set, args.max_steps, args.max_minutes)
+    if args.val_conversations is not None:
+        cfg = cfg.update({"train": {"val_conversations": args.val_conversations}}, "--val-conversations")
+    sft(cfg, args.init, args.data, args.out, resume=args.resume, quiet=args.quiet)
+    return 0
+
+
+def _chat_commands(add, group) -> None:
+    """Stage 5: sft."""
+    p = add("sft", cmd_sft, "fine-tune a model on conversations (loss on the assistant's turns)")
+    p.add_argument("--init", default=None, metavar="SRC",
+                   help="the model to start from: a run folder, an export, a transformers GPT-2 folder "
+                        "(or a hub name such as gpt2 where the hub is reachable); not needed to --resume")
+    p.add_argument("--data", default="chitchat",
+                   help="chitchat | jsonl:PATH_OR_GLOB | parquet:GLOB | hf:OWNER/NAME[:CONFIG], rows of "
+                        "{\"messages\": [{\"role\", \"content\"}, ...]} (default: chitchat, built in)")
+    p.add_argument("--out", required=True, help="run folder of the fine-tuned model")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a train.* key, e.g. --set train.lr=1e-4 (repeatable)")
+    p.add_argument("--val-conversations", type=int, default=None, metavar="N",
+                   help="source conversations held out for the validation loss (default: 200)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 300)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
 
 
 def main(argv: list[str] | None = None) -> int:
