@@ -391,7 +391,9 @@ def cmd_sft(args) -> int:
     cfg = sft_config(args.out, args.resume, args.set, args.max_steps, args.max_minutes)
     if args.val_conversations is not None:
         cfg = cfg.update({"train": {"val_conversations": args.val_conversations}}, "--val-conversations")
-    sft(cfg, args.init, args.data, args.out, resume=args.resume, quiet=args.quiet)
+    dropout = [s.partition("=")[2] for s in args.set if s.partition("=")[0].strip() == "model.dropout"]
+    sft(cfg, args.init, args.data, args.out, resume=args.resume, quiet=args.quiet,
+        dropout=cfg.model.dropout if dropout else None)
     return 0
 
 
@@ -406,7 +408,7 @@ def _chat_commands(add, group) -> None:
                         "{\"messages\": [{\"role\", \"content\"}, ...]} (default: chitchat, built in)")
     p.add_argument("--out", required=True, help="run folder of the fine-tuned model")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a train.* key, e.g. --set train.lr=1e-4 (repeatable)")
+                   help="override a train.* key (or model.dropout), e.g. --set train.lr=1e-4 (repeatable)")
     p.add_argument("--val-conversations", type=int, default=None, metavar="N",
                    help="source conversations held out for the validation loss (default: 200)")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")

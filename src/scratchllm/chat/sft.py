@@ -34,12 +34,12 @@ SFT_PARTS = {"loader": ("position", *[k for k in STATE_KEYS if k != "position"])
 
 def sft_config(out: str | Path, resume: bool, sets: Sequence[str] = (), max_steps: int | None = None,
                max_minutes: float | None = None) -> Config:
-    """The config of an sft run: SFT_SETS and `sets` (train.* keys only: the model is --init's), or on a
-    resume the run's own config.toml with `sets` on top."""
+    """The config of an sft run: SFT_SETS and `sets` (train.* keys, and model.dropout: the rest of the
+    model is --init's), or on a resume the run's own config.toml with `sets` on top."""
     from scratchllm.train.run_config import run_config
 
-    if any(s.strip().startswith("model.") for s in sets):
-        raise UserError("sft keeps the model of --init: only train.* keys may be set")
+    if any(s.strip().startswith("model.") and s.partition("=")[0].strip() != "model.dropout" for s in sets):
+        raise UserError("sft keeps the model of --init: only train.* keys and model.dropout may be set")
     resuming = resume and (Path(out) / "config.toml").is_file()
     return run_config(out, resume, None, None, list(sets) if resuming else [*SFT_SETS, *sets], max_steps,
                       max_minutes)
@@ -54,7 +54,8 @@ def _packing_note(convs, block_size: int) -> str:
             f"{tokens / len(rows) / (block_size + 1):.0%} full")
 
 
-def _run(cfg: Config, init: str | None, out: Path, resume: bool, quiet: bool, dist, device, lock) -> dict:
+def _run(cfg: Config, init: str | None, out: Path, resume: bool, quiet: bool, dist, device, lock,
+         dropout: float | None) -> dict:
     from scratchllm.tokenizer import Tokenizer
     from scratchllm.train.trainer import Trainer, prepare_run_folder, resume_point, start_from
     from scratchllm.util.locks import folder_lock
@@ -68,6 +69,8 @@ def _run(cfg: Config, init: str | None, out: Path, resume: bool, quiet: bool, di
         raise UserError("sft needs --init: a run folder, an export, or a transformers GPT-2 folder")
     else:
         cfg, weights, tok = start_from(init, cfg, dist, chat=True)
+        if dropout is not None:
+            cfg = replace(cfg, model=replace(cfg.model, dropout=dropout))
     tc, block = cfg.train, cfg.model.block_size
     if tc.val_conversations < 1:
         raise UserError("train.val_conversations must be at least 1: the held-out loss needs conversations")
@@ -97,8 +100,9 @@ def _run(cfg: Config, init: str | None, out: Path, resume: bool, quiet: bool, di
 
 
 def sft(cfg: Config, init: str | None, data: str, out: str | Path, resume: bool = False,
-        quiet: bool = False) -> dict:
-    """Fine-tune (or continue fine-tuning) into `out` on the conversations of `data`; returns a summary."""
+        quiet: bool = False, dropout: float | None = None) -> dict:
+    """Fine-tune (or continue fine-tuning) into `out` on the conversations of `data`; returns a summary.
+    `dropout`: the model's dropout while fine-tuning (default: --init's)."""
     from scratchllm.runtime.distributed import setup, teardown
 
     out = Path(out)
@@ -109,7 +113,7 @@ def sft(cfg: Config, init: str | None, data: str, out: str | Path, resume: bool 
     dist, device = setup(cfg.train.device)
     lock = contextlib.ExitStack()
     try:
-        summary = _run(cfg, init, out, resume, quiet, dist, device, lock)
+        summary = _run(cfg, init, out, resume, quiet, dist, device, lock, dropout)
     finally:
         lock.close()
         teardown()
