@@ -47,7 +47,8 @@ def test_chitchat_turns_alternate_senders_from_the_wheel_itself():
     messages = chitchat_turns(data[key])
     first = turns[0][0]["sender"]
     # Read the raw turns independently: one message per turn, the first sender's turns are the user's.
-    assert [m["role"] for m in messages] == [("user" if t[0]["sender"] == first else "assistant") for t in turns]
+    roles = [("user" if t[0]["sender"] == first else "assistant") for t in turns]
+    assert [m["role"] for m in messages] == roles
     assert messages[1]["content"] == "\n".join(m["text"].strip() for m in turns[1])
     # The source cuts the conversation into windows of its turns, in order, each opening with the user.
     windows = [m for k, m in iter_conversations("chitchat") if k == key]

@@ -106,9 +106,9 @@ def test_sigkill_then_resume_equals_uninterrupted(base, chats, tmp_path, cli_env
 @pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_process_with_grad_accum_2(base, chats, tmp_path, cli_env):
     one = tmp_path / "one"
-    single = subprocess.run([sys.executable, "-m", "scratchllm", *sft_args(base, chats, one, "--max-steps", "8",
-                             "--set", "train.eval_every=4", "--set", "train.grad_accum=2",
-                             "--set", "model.dropout=0")],
+    args = sft_args(base, chats, one, "--max-steps", "8", "--set", "train.eval_every=4",
+                    "--set", "train.grad_accum=2", "--set", "model.dropout=0")
+    single = subprocess.run([sys.executable, "-m", "scratchllm", *args],
                             env=cli_env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     two = tmp_path / "two"
@@ -142,7 +142,7 @@ def test_exported_chat_template_gives_render_ids_for_our_bpe_and_gpt2(base, chat
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    gpt2 = tmp_path / "gpt2"  # a small GPT-2 as transformers saves one: GPT-2's vocabulary, no tokenizer files
+    gpt2 = tmp_path / "gpt2"  # a small GPT-2 as transformers saves one: its vocabulary, no tokenizer files
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=128)).save_pretrained(gpt2)
     whole = [*CONVERSATION, {"role": "assistant", "content": "Fare thee well."}]
     for name, init in [("ours", base), ("gpt2", gpt2)]:
