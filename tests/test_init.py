@@ -35,8 +35,8 @@ def test_a_run_started_from_a_run_or_its_export_starts_at_its_loss(base, tmp_pat
     assert main(["--quiet", "export", "--run", str(run), "--out", str(export)]) == 0
     for src in (run, export):
         out = tmp_path / f"from_{src.name}"
-        assert main(["--quiet", "train", "--data", str(data), "--out", str(out), "--init", str(src), *TRAIN_SETS,
-                     "--max-steps", "3"]) == 0
+        assert main(["--quiet", "train", "--data", str(data), "--out", str(out), "--init", str(src),
+                     *TRAIN_SETS, "--max-steps", "3"]) == 0
         (step, loss), *_ = metric_rows(out, "val_loss")
         assert step == 0 and loss == pytest.approx(base_loss, abs=1e-5)  # the same weights, not new ones
         assert [s for s, _ in losses(out)] == [1, 2, 3]  # a new run: its own steps, a fresh optimizer
@@ -71,7 +71,8 @@ def test_a_transformers_gpt2_folder_starts_at_its_own_loss(tmp_path):
 
     torch.manual_seed(0)
     folder = tmp_path / "gpt2"
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64))
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64)
+    hf = transformers.GPT2LMHeadModel(config)
     hf.save_pretrained(folder)
     data = token_folder(tmp_path / "tokens", Tokenizer.pretrained("gpt2"))
     out = tmp_path / "run"
@@ -107,13 +108,14 @@ def test_chat_tokens_take_padded_rows_or_are_refused():
     from scratchllm.model.gpt import GPT
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=32, pad_vocab_multiple=64))
+    shape = {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32, "pad_vocab_multiple": 64}
+    model = GPT(GPTConfig(vocab_size=300, **shape))
     grown = with_vocab(model, 305)
     assert grown.config.vocab_size == 305 and grown.config.padded_vocab_size == 320
     assert torch.equal(grown.lm_head.weight, model.lm_head.weight)  # the same rows, now all read
     idx = torch.randint(0, 300, (1, 8))
     assert torch.equal(grown(idx)[0][..., :300], model(idx)[0])
-    tight = GPT(GPTConfig(vocab_size=320, block_size=16, n_layer=1, n_head=2, n_embd=32, pad_vocab_multiple=64))
+    tight = GPT(GPTConfig(vocab_size=320, **shape))
     with pytest.raises(UserError, match="no room for a vocabulary of 325"):
         with_vocab(tight, 325)
 
