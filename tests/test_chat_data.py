@@ -6,7 +6,7 @@ import logging
 import zipfile
 
 import pytest
-from _chat_helpers import chat_bpe, chitchat_jsonl
+from _sft_helpers import chat_bpe, chitchat_jsonl
 
 from scratchllm.chat.data import (
     CHITCHAT_SHA256,

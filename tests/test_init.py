@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _chat_helpers import TINY, chat_bpe, metric_rows, token_folder
+from _sft_helpers import TINY, chat_bpe, metric_rows, token_folder
 from _train_helpers import losses
 
 from scratchllm.cli import main

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from _chat_helpers import SFT_TINY, TINY, chat_bpe, chitchat_jsonl, metric_rows, token_folder
+from _sft_helpers import SFT_TINY, TINY, chat_bpe, chitchat_jsonl, metric_rows, token_folder
 from _train_helpers import losses
 
 from scratchllm.cli import main

@@ -214,7 +214,7 @@ def cmd_export(args) -> int:
 def cmd_demo(args) -> int:
     from scratchllm.demo import run_demo
 
-    run_demo(args.out, minutes=args.minutes, quiet=args.quiet, sets=args.set)
+    run_demo(args.out, minutes=args.minutes, quiet=args.quiet, sets=args.set, chat=args.chat)
     return 0
 
 
@@ -377,7 +377,11 @@ def _run_commands(add, group) -> None:
 
     p = add("demo", cmd_demo, "run all four stages on the built-in corpus")
     p.add_argument("--out", default="demo", help="folder for everything the demo makes (default: demo)")
-    p.add_argument("--minutes", type=float, default=None, help="training time budget in minutes")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="training time budget in minutes (default: 6; with --chat 5, and 60%% of it to "
+                        "fine-tune)")
+    p.add_argument("--chat", action="store_true",
+                   help="then fine-tune on the Chit-Chat conversations and talk to the model (stage 5)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of the demo's models, e.g. --set train.dtype=float32")
 
