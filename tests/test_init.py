@@ -76,7 +76,8 @@ def test_a_transformers_gpt2_folder_starts_at_its_own_loss(tmp_path):
     hf.save_pretrained(folder)
     data = token_folder(tmp_path / "tokens", Tokenizer.pretrained("gpt2"))
     out = tmp_path / "run"
-    assert main(["--quiet", "train", "--data", str(data), "--out", str(out), "--init", str(folder), *TRAIN_SETS,
+    assert main(["--quiet", "train", "--data", str(data), "--out", str(out), "--init", str(folder),
+                 *TRAIN_SETS,
                  "--set", "train.eval_batches=1", "--max-steps", "1"]) == 0
     (_, ours), *_ = metric_rows(out, "val_loss")
     # transformers' own loss on the same windows (the first 8 of the held-out tokens, one after another)

@@ -215,9 +215,10 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     return result
 
 
-def chat_demo(out: Path, base: Path, minutes: float, rate: float, quiet: bool, sets: Sequence[str]) -> dict:
+def chat_demo(out: Path, base: Path, minutes: float, rate: float, quiet: bool, sets: Sequence[str],
+              n_prompts: int | None = None) -> dict:
     """Stage 5: fine-tune the run `base` on Chit-Chat into out/chat for `minutes`; print what it says."""
-    from scratchllm.chat.stage import MAX_REPLY, chat_stage
+    from scratchllm.chat.stage import END_PROMPTS, MAX_REPLY, chat_stage
 
     _say("")
     _say("== stage 5: chat ==")
@@ -226,7 +227,7 @@ def chat_demo(out: Path, base: Path, minutes: float, rate: float, quiet: bool, s
         _say(f"replacing the previous chat run in {chat_dir}")
         shutil.rmtree(chat_dir)
     train_sets = [s for s in sets if s.strip().startswith("train.")]  # the model is the pre-trained one
-    figures = chat_stage(base, chat_dir, minutes, rate, quiet, train_sets)
+    figures = chat_stage(base, chat_dir, minutes, rate, quiet, train_sets, n_prompts or END_PROMPTS)
     for prompt, answer in figures["conversation"]:
         _say(f"  user:      {prompt}")
         _say(f"  assistant: {answer}")

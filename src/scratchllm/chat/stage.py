@@ -26,12 +26,14 @@ def sft_plan(minutes: float, steps_per_s: float, sets=()) -> list[str]:
     steps = max(20, int(0.9 * steps_per_s * minutes * 60))
     half = max(10, -(-steps // 2))
     return [f"train.max_steps={steps}", f"train.max_minutes={minutes}", f"train.eval_every={half}",
-            f"train.ckpt_every={steps}", "train.log_every=10", *sets]
+            f"train.ckpt_every={steps}", f"train.warmup_steps={min(20, steps // 10)}", "train.log_every=10",
+            *sets]
 
 
 def chat_stage(base: Path, out: Path, minutes: float, steps_per_s: float, quiet: bool = False,
-               sets=()) -> dict:
-    """Fine-tune run `base` on chitchat into `out` for `minutes`; the figures and a few replies."""
+               sets=(), n_prompts: int = END_PROMPTS) -> dict:
+    """Fine-tune run `base` on chitchat into `out` for `minutes`; the figures (the end-token share over
+    `n_prompts` held-out openings) and a few replies."""
     from scratchllm.chat.data import load_conversations
     from scratchllm.chat.replies import end_share, first_prompts, reply
     from scratchllm.chat.sft import sft, sft_config
@@ -45,7 +47,7 @@ def chat_stage(base: Path, out: Path, minutes: float, steps_per_s: float, quiet:
     tok = run_tokenizer(out, run_cfg)
     held = load_conversations("chitchat", tok, run_cfg.model.block_size + 1, VAL_CONVERSATIONS,
                               run_cfg.train.seed).val_messages
-    prompts = first_prompts(held, END_PROMPTS)
+    prompts = first_prompts(held, n_prompts)
     share = end_share(model, tok, prompts, MAX_REPLY)
     shown = [(p[0]["content"], reply(model, tok, p, MAX_REPLY).text) for p in prompts[:SHOWN]]
     return {**summary, "val_loss_before": before, "end_share": share, "end_prompts": len(prompts),
