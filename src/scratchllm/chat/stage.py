@@ -46,7 +46,7 @@ def chat_stage(base: Path, out: Path, minutes: float, steps_per_s: float, quiet:
     run_cfg, model, _ = load_run(out)
     tok = run_tokenizer(out, run_cfg)
     held = load_conversations("chitchat", tok, run_cfg.model.block_size + 1, VAL_CONVERSATIONS,
-                              run_cfg.train.seed).val_messages
+                              run_cfg.train.seed, report=False).val_messages  # sft's own split
     prompts = first_prompts(held, n_prompts)
     share = end_share(model, tok, prompts, MAX_REPLY)
     shown = [(p[0]["content"], reply(model, tok, p, MAX_REPLY).text) for p in prompts[:SHOWN]]
