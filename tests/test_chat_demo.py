@@ -4,19 +4,11 @@ the figures printed are those of the run's files, and the replies shown are the 
 import json
 
 import pytest
-from _sft_helpers import TINY, chat_bpe, token_folder
-
-from scratchllm.cli import main
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chat_demo")
-    data = token_folder(root / "tokens", chat_bpe())
-    run = root / "base"
-    assert main(["--quiet", "train", "--data", str(data), "--out", str(run), "--preset", "tiny", *TINY,
-                 "--max-steps", "30"]) == 0
-    return run
+@pytest.fixture
+def base(chat_base):
+    return chat_base[0]
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _sft_helpers import TINY, chat_bpe, metric_rows, token_folder
+from _sft_helpers import metric_rows, token_folder
 from _train_helpers import losses
 
 from scratchllm.cli import main
@@ -18,19 +18,14 @@ TRAIN_SETS = ["--set", "train.batch_size=8", "--set", "train.dtype=float32", "--
               "--set", "train.log_every=1", "--set", "train.eval_batches=2", "--set", "train.sample_tokens=0"]
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("init")
-    data = token_folder(root / "tokens", chat_bpe())
-    run = root / "base"
-    assert main(["--quiet", "train", "--data", str(data), "--out", str(run), "--preset", "tiny", *TINY,
-                 "--max-steps", "20"]) == 0
-    return run, data
+@pytest.fixture
+def base(chat_base):
+    return chat_base
 
 
 def test_a_run_started_from_a_run_or_its_export_starts_at_its_loss(base, tmp_path, capsys):
     run, data = base
-    (_, base_loss), = [r for r in metric_rows(run, "val_loss") if r[0] == 20]
+    (_, base_loss), = [r for r in metric_rows(run, "val_loss") if r[0] == 30]
     export = tmp_path / "export"
     assert main(["--quiet", "export", "--run", str(run), "--out", str(export)]) == 0
     for src in (run, export):

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from _sft_helpers import SFT_TINY, TINY, chat_bpe, chitchat_jsonl, metric_rows, token_folder
+from _sft_helpers import SFT_TINY, metric_rows
 from _train_helpers import losses
 
 from scratchllm.cli import main
@@ -20,20 +20,15 @@ from scratchllm.tokenizer import Tokenizer
 from scratchllm.tokenizer.chat import CHAT_TOKENS, render
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A tiny GPT pre-trained for 30 steps on Shakespeare, with a BPE that reserves the chat tokens."""
-    root = tmp_path_factory.mktemp("sft")
-    data = token_folder(root / "tokens", chat_bpe())
-    run = root / "base"
-    assert main(["--quiet", "train", "--data", str(data), "--out", str(run), "--preset", "tiny", *TINY,
-                 "--set", "model.dropout=0.1", "--max-steps", "30"]) == 0
-    return run
+@pytest.fixture
+def base(chat_base):
+    """A tiny GPT pre-trained on Shakespeare with dropout, with a BPE that reserves the chat tokens."""
+    return chat_base[0]
 
 
-@pytest.fixture(scope="module")
-def chats(tmp_path_factory):
-    return chitchat_jsonl(tmp_path_factory.mktemp("chats") / "chitchat.jsonl", n=400)
+@pytest.fixture
+def chats(chitchat_file):
+    return chitchat_file
 
 
 def sft_args(base, chats, out, *extra):
