@@ -14,7 +14,7 @@ def base(chat_base):
 @pytest.mark.slow
 def test_the_chat_stage_fine_tunes_measures_and_talks(base, tmp_path, capsys):
     from scratchllm.chat.replies import reply
-    from scratchllm.chat.stage import MAX_REPLY
+    from scratchllm.chat.stage import MAX_REPLY, TEMPERATURE
     from scratchllm.demo import chat_demo
     from scratchllm.run.load import load_run, run_tokenizer
 
@@ -34,11 +34,14 @@ def test_the_chat_stage_fine_tunes_measures_and_talks(base, tmp_path, capsys):
     assert f"{figures['val_loss_before']:.3f} before fine-tuning, {figures['val_loss']:.3f} after" in printed
     assert figures["end_prompts"] == 20 and 0 <= figures["end_share"] <= 1
     assert f"{figures['end_share']:.0%} of 20 held-out openings" in printed
+    greedy = figures["end_share_greedy"]
+    assert 0 <= greedy <= 1 and f"greedy replies: {greedy:.0%}" in printed
     assert f"scratchllm serve --run {run}" in printed
     # The replies shown are the saved model's greedy replies to those openings.
     cfg, model, _ = load_run(run)
     tok = run_tokenizer(run, cfg)
     assert len(figures["conversation"]) == 3
     for prompt, answer in figures["conversation"]:
-        assert reply(model, tok, [{"role": "user", "content": prompt}], MAX_REPLY).text == answer
+        said = reply(model, tok, [{"role": "user", "content": prompt}], MAX_REPLY, temperature=TEMPERATURE)
+        assert said.text == answer
         assert f"  user:      {prompt}" in printed

@@ -378,8 +378,8 @@ def _run_commands(add, group) -> None:
     p = add("demo", cmd_demo, "run all four stages on the built-in corpus")
     p.add_argument("--out", default="demo", help="folder for everything the demo makes (default: demo)")
     p.add_argument("--minutes", type=float, default=None,
-                   help="training time budget in minutes (default: 6; with --chat 5, and 60%% of it to "
-                        "fine-tune)")
+                   help="training time budget in minutes (default: 6; with --chat 4, and 90%% of it more "
+                        "to fine-tune)")
     p.add_argument("--chat", action="store_true",
                    help="then fine-tune on the Chit-Chat conversations and talk to the model (stage 5)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

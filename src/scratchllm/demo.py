@@ -32,8 +32,8 @@ VAL_PLAYS = 3
 DEFAULT_MINUTES = 6.0  # training budget; the other stages take well under a minute together
 # With --chat: pre-training's budget, and fine-tuning's share of it (12 minutes in all on 2 cores of an
 # AVX2-only CPU, where the data stage, the evaluations and the replies take about two).
-CHAT_MINUTES = 5.0
-SFT_SHARE = 0.6
+CHAT_MINUTES = 4.0
+SFT_SHARE = 0.9
 PROMPT = "To be, or not to be"
 DEMO_PRESET = "tiny-modern"
 # The demo's models, largest first, as changes to DEMO_PRESET: in a fixed time, a model too large for
@@ -218,7 +218,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
 def chat_demo(out: Path, base: Path, minutes: float, rate: float, quiet: bool, sets: Sequence[str],
               n_prompts: int | None = None) -> dict:
     """Stage 5: fine-tune the run `base` on Chit-Chat into out/chat for `minutes`; print what it says."""
-    from scratchllm.chat.stage import END_PROMPTS, MAX_REPLY, chat_stage
+    from scratchllm.chat.stage import END_PROMPTS, MAX_REPLY, TEMPERATURE, chat_stage
 
     _say("")
     _say("== stage 5: chat ==")
@@ -234,8 +234,9 @@ def chat_demo(out: Path, base: Path, minutes: float, rate: float, quiet: bool, s
     speed = f", {figures['tok_per_s']:,.0f} tokens/s" if figures.get("tok_per_s") else ""
     _say(f"held-out assistant loss {figures['val_loss_before']:.3f} before fine-tuning, "
          f"{figures['val_loss']:.3f} after {figures['step']} steps ({figures['minutes']:.1f} min{speed})")
-    _say(f"{figures['end_share']:.0%} of {figures['end_prompts']} held-out openings get a greedy reply that "
-         f"ends with <|assistant_end|> within {MAX_REPLY} tokens")
+    _say(f"{figures['end_share']:.0%} of {figures['end_prompts']} held-out openings get a reply (temperature "
+         f"{TEMPERATURE:g}) that ends with <|assistant_end|> within {MAX_REPLY} tokens; greedy replies: "
+         f"{figures['end_share_greedy']:.0%}")
     _say(f"talk to it: scratchllm chat --run {chat_dir}, or scratchllm serve --run {chat_dir} and open "
          "http://127.0.0.1:8000/")
     return figures
