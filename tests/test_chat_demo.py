@@ -29,7 +29,7 @@ def test_the_chat_stage_fine_tunes_measures_and_talks(base, tmp_path, capsys):
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     assert val[0][0] == 0 and figures["val_loss_before"] == val[0][1] and figures["val_loss"] == val[-1][1]
     assert figures["step"] == 40 and val[-1][0] == 40
-    assert figures["val_loss"] < figures["val_loss_before"] - 0.5  # it learned the assistant's turns
+    assert figures["val_loss"] < figures["val_loss_before"] - 0.3  # it learned the assistant's turns
     assert (run / "loss.png").is_file() and (run / "tokenizer" / "tokenizer.json").is_file()
     assert f"{figures['val_loss_before']:.3f} before fine-tuning, {figures['val_loss']:.3f} after" in printed
     assert figures["end_prompts"] == 20 and 0 <= figures["end_share"] <= 1
