@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +70,23 @@ def losses(run: Path) -> list[tuple[int, float]]:
     """(step, loss) of every training line of a run's metrics.jsonl."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def kill_after_step(cmd: list, env: dict, run: Path, step: int,
+                    stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """Start `cmd`, SIGKILL it once its metrics.jsonl has logged the loss of `step` (or 240 s passed);
+    the process, reaped."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if metrics.exists() and any('"loss"' in line and json.loads(line)["step"] >= step
+                                    for line in metrics.read_text().splitlines()[:-1]):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return proc
 
 
 def fill_disk(folder: Path, leave: int) -> Path:

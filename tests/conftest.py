@@ -82,3 +82,31 @@ def small_disk(tmp_path):
     for folder in mounted:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
 
+
+
+@pytest.fixture(scope="session")
+def chat_base(tmp_path_factory):
+    """(run, token folder): a tiny GPT pre-trained for 30 steps on Shakespeare (dropout 0.1), with a BPE
+    that reserves the chat tokens; shared by the chat tests (it costs seconds to make)."""
+    from _sft_helpers import TINY, chat_bpe, token_folder
+
+    from scratchllm.cli import main
+    from scratchllm.util.log import NAME, CommandLineHandler
+
+    root = tmp_path_factory.mktemp("chat_base")
+    data = token_folder(root / "tokens", chat_bpe())
+    run = root / "base"
+    assert main(["--quiet", "train", "--data", str(data), "--out", str(run), "--preset", "tiny", *TINY,
+                 "--set", "model.dropout=0.1", "--max-steps", "30"]) == 0
+    logger = logging.getLogger(NAME)
+    for handler in [h for h in logger.handlers if isinstance(h, CommandLineHandler)]:
+        logger.removeHandler(handler)  # as after a test: the next one starts without the command's logging
+    return run, data
+
+
+@pytest.fixture(scope="session")
+def chitchat_file(tmp_path_factory):
+    """The first 400 chit-chat windows as OpenAI-style JSON lines."""
+    from _sft_helpers import chitchat_jsonl
+
+    return chitchat_jsonl(tmp_path_factory.mktemp("chats") / "chitchat.jsonl", n=400)

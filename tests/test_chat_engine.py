@@ -82,6 +82,7 @@ def test_streaming_yields_whole_characters_only(tok):
     pieces = list(stream)
     assert pieces == list(SCRIPT_TEXT)  # one piece a character, each as soon as its last byte came
     assert stream.ids == text and stream.finish_reason == "stop"
+    assert stream.end_token == special(tok, ASSISTANT_END)
 
 
 def test_a_character_cut_off_by_the_length_limit_ends_as_a_replacement_mark(tok):
@@ -111,14 +112,14 @@ def test_generation_stops_where_it_should(tok, settings, text, reason):
 def test_other_end_tokens_stop_too(tok, end):
     ids = byte_ids(tok, "ok") + [special(tok, end)] + byte_ids(tok, "more")
     stream = scripted_engine(tok, ids).complete([ids[0]], Sampling(temperature=0, max_new_tokens=20))
-    assert stream.run() == "ok" and stream.finish_reason == "stop"
+    assert stream.run() == "ok" and stream.finish_reason == "stop" and stream.end_token == special(tok, end)
 
 
 def test_a_full_context_ends_the_reply_and_a_long_prompt_is_refused(tok):
     engine = scripted_engine(tok, byte_ids(tok, "abcdefghijklmnopqrstuvwxyz" * 3), block_size=16)
     stream = engine.complete(byte_ids(tok, "abcd"), Sampling(temperature=0, max_new_tokens=100))
     # The scripted model writes script[3:] after 4 tokens; 13 more fill the cache, the last one sampled.
-    assert stream.run() == "defghijklmnop" and stream.finish_reason == "length"
+    assert stream.run() == "defghijklmnop" and stream.finish_reason == "length" and stream.end_token is None
     with pytest.raises(ContextError, match="context holds 16"):
         engine.complete(byte_ids(tok, "a" * 17), GREEDY)
 

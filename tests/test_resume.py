@@ -9,7 +9,14 @@ import sys
 import time
 
 import pytest
-from _train_helpers import byte_token_dir, losses, modded_nanogpt_dir, sets, shakespeare_bytes
+from _train_helpers import (
+    byte_token_dir,
+    kill_after_step,
+    losses,
+    modded_nanogpt_dir,
+    sets,
+    shakespeare_bytes,
+)
 
 STEPS = 40
 # Dropout on, so the torch RNG matters; random windows, so the loader cursor matters; warmup and
@@ -51,17 +58,8 @@ def test_sigkill_then_resume_equals_uninterrupted(data, shards, tmp_path, cli_en
                    timeout=300)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(data, run, *RECIPES[recipe]), env=cli_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    metrics = run / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline:  # kill between checkpoints, after step 12 (the last checkpoint: 10)
-        if metrics.exists() and any('"loss"' in line and json.loads(line)["step"] >= 13
-                                    for line in metrics.read_text().splitlines()[:-1]):
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    # killed between checkpoints, once step 13 is logged (the last checkpoint: 10)
+    proc = kill_after_step(_cmd(data, run, *RECIPES[recipe]), cli_env, run, 13, stderr=subprocess.PIPE)
     assert proc.returncode == -signal.SIGKILL
     killed_at = max(step for step, _ in losses(run))
     assert 13 <= killed_at < STEPS, "the run must die mid-way"

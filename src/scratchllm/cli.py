@@ -130,10 +130,12 @@ def cmd_train(args) -> int:
     from scratchllm.train import train
     from scratchllm.train.run_config import run_config
 
+    if args.init and (args.preset or args.config or any(s.strip().startswith("model.") for s in args.set)):
+        raise UserError("--init brings its model: drop --preset, --config and model.* keys (train.* apply)")
     cfg = run_config(args.out, args.resume, args.preset, args.config, args.set, args.max_steps,
                      args.max_minutes)
     summary = train(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet, verify=args.verify,
-                    tokenizer=args.tokenizer)
+                    tokenizer=args.tokenizer, init=args.init)
     if main_rank():
         val = f", val loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else ""
         bpb = f", {summary['val_bpb']:.3f} bits/byte" if "val_bpb" in summary else ""
@@ -212,11 +214,23 @@ def cmd_export(args) -> int:
 def cmd_demo(args) -> int:
     from scratchllm.demo import run_demo
 
-    run_demo(args.out, minutes=args.minutes, quiet=args.quiet, sets=args.set)
+    run_demo(args.out, minutes=args.minutes, quiet=args.quiet, sets=args.set, chat=args.chat)
     return 0
 
 
-# --- talking to a model -----------------------------------------------------------------------
+# --- stage 5: chat -----------------------------------------------------------------------------
+
+
+def cmd_sft(args) -> int:
+    from scratchllm.chat.sft import sft, sft_config
+
+    cfg = sft_config(args.out, args.resume, args.set, args.max_steps, args.max_minutes)
+    if args.val_conversations is not None:
+        cfg = cfg.update({"train": {"val_conversations": args.val_conversations}}, "--val-conversations")
+    dropout = [s.partition("=")[2] for s in args.set if s.partition("=")[0].strip() == "model.dropout"]
+    sft(cfg, args.init, args.data, args.out, resume=args.resume, quiet=args.quiet,
+        dropout=cfg.model.dropout if dropout else None)
+    return 0
 
 
 def cmd_chat(args) -> int:
@@ -273,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _data_commands(add, group)
     _run_commands(add, group)
+    _chat_commands(add, group)
     _talk_commands(add, group)
     return parser
 
@@ -355,6 +370,9 @@ def _run_commands(add, group) -> None:
                    help="check every token id and shard hash first, whatever meta.json records")
     p.add_argument("--tokenizer", default=None,
                    help="the tokenizer of a folder without meta.json (llm.c / modded-nanogpt shards: gpt2)")
+    p.add_argument("--init", default=None, metavar="SRC",
+                   help="start from the weights and tokenizer of a run, an export or a transformers GPT-2 "
+                        "folder (the data must be tokens of that tokenizer); the optimizer starts fresh")
 
     p = add("eval", cmd_eval, "measure a run: held-out loss, HellaSwag, BIG-bench tasks, a CORE-style score")
     p.add_argument("--run", required=True, help="run folder, or a transformers folder (for tasks)")
@@ -386,9 +404,32 @@ def _run_commands(add, group) -> None:
 
     p = add("demo", cmd_demo, "run all four stages on the built-in corpus")
     p.add_argument("--out", default="demo", help="folder for everything the demo makes (default: demo)")
-    p.add_argument("--minutes", type=float, default=None, help="training time budget in minutes")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="training time budget in minutes (default: 6; with --chat 4, and 90%% of it more "
+                        "to fine-tune)")
+    p.add_argument("--chat", action="store_true",
+                   help="then fine-tune on the Chit-Chat conversations and talk to the model (stage 5)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of the demo's models, e.g. --set train.dtype=float32")
+
+
+def _chat_commands(add, group) -> None:
+    """Stage 5, fine-tuning: sft."""
+    p = add("sft", cmd_sft, "fine-tune a model on conversations (loss on the assistant's turns)")
+    p.add_argument("--init", default=None, metavar="SRC",
+                   help="the model to start from: a run folder, an export, a transformers GPT-2 folder "
+                        "(or a hub name such as gpt2 where the hub is reachable); not needed to --resume")
+    p.add_argument("--data", default="chitchat",
+                   help="chitchat | jsonl:PATH_OR_GLOB | parquet:GLOB | hf:OWNER/NAME[:CONFIG], rows of "
+                        "{\"messages\": [{\"role\", \"content\"}, ...]} (default: chitchat, built in)")
+    p.add_argument("--out", required=True, help="run folder of the fine-tuned model")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a train.* key (or model.dropout), e.g. --set train.lr=1e-4 (repeatable)")
+    p.add_argument("--val-conversations", type=int, default=None, metavar="N",
+                   help="source conversations held out for the validation loss (default: 200)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 300)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
 
 
 def _sampling_arguments(p) -> None:
@@ -402,7 +443,7 @@ def _sampling_arguments(p) -> None:
 
 
 def _talk_commands(add, group) -> None:
-    """Talking to a trained run: chat in the terminal, serve the OpenAI API and a page."""
+    """Stage 5, talking to a run: chat in the terminal, serve the OpenAI API and a page."""
     p = add("chat", cmd_chat, "talk with a run in the terminal (replies stream as they are generated)")
     p.add_argument("--run", required=True, help="run folder")
     p.add_argument("--system", default=None, help="a system message opening the conversation")

@@ -142,7 +142,9 @@ class TrainConfig:
     dtype: str = "auto"  # auto: the fastest the device really supports (see runtime/precision.py)
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    data: str = ""  # token folder the run was trained on (filled in by `train`)
+    data: str = ""  # token folder the run was trained on (filled in by `train`), or `sft`'s source
+    init: str = ""  # the run, export or transformers folder the weights started from (`--init`)
+    val_conversations: int = 200  # sft: source conversations held out for the validation loss
 
     def eval_due(self, step: int) -> bool:
         """Whether the validation loss is measured after optimizer step `step`: every eval_every steps and

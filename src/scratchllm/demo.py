@@ -8,7 +8,10 @@
    measured speed here makes MIN_STEPS steps in the budget;
 4. training: in the fastest precision this machine has (bfloat16 on CPUs with bf16 instructions,
    else float32) for a time budget, with a schedule sized to fit it; then
-   evaluation, a text sample and the loss curve.
+   evaluation, a text sample and the loss curve;
+5. with --chat, chat: a shorter pre-training, then fine-tuning on the Chit-Chat conversations
+   (`scratchllm.chat.stage`), the held-out assistant loss before and after, the share of replies that
+   end, and a few held-out openings answered.
 Everything lands under one folder, printed at the end with the final numbers.
 """
 
@@ -27,6 +30,10 @@ logger = get_logger(__name__)
 VOCAB_SIZE = 4096
 VAL_PLAYS = 3
 DEFAULT_MINUTES = 6.0  # training budget; the other stages take well under a minute together
+# With --chat: pre-training's budget, and fine-tuning's share of it (12 minutes in all on 2 cores of an
+# AVX2-only CPU, where the data stage, the evaluations and the replies take about two).
+CHAT_MINUTES = 4.0
+SFT_SHARE = 0.9
 PROMPT = "To be, or not to be"
 DEMO_PRESET = "tiny-modern"
 # The demo's models, largest first, as changes to DEMO_PRESET: in a fixed time, a model too large for
@@ -130,8 +137,9 @@ def prepare_data(source: str, out: Path, val_docs: int, vocab_size: int = VOCAB_
 
 
 def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool = False,
-             sets: Sequence[str] = ()) -> dict:
-    """Run the whole pipeline into `out`; print where everything went; return the final figures."""
+             sets: Sequence[str] = (), chat: bool = False) -> dict:
+    """Run the whole pipeline into `out` (with `chat`, stage 5 too: `chat_demo`); print where everything
+    went; return the final figures."""
     import torch
 
     from scratchllm.config import build_config
@@ -143,7 +151,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     from scratchllm.util.errors import UserError
 
     out = Path(out)
-    minutes = DEFAULT_MINUTES if minutes is None else minutes
+    minutes = (CHAT_MINUTES if chat else DEFAULT_MINUTES) if minutes is None else minutes
     if minutes <= 0:
         raise UserError(f"--minutes must be positive, got {minutes}")
     build_config(DEMO_PRESET, sets=sets)  # a bad --set stops here, before the data stage
@@ -199,4 +207,36 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
          f"after {summary['step']} steps ({summary['minutes']:.1f} min training, {total:.1f} min in all)")
     _say(f"sample:\n{text}")
     sys.stdout.flush()
-    return {**summary, "sample": text, "total_minutes": total}
+    result = {**summary, "sample": text, "total_minutes": total, "steps_per_s": rate}
+    if chat:
+        result["chat"] = chat_demo(out, run_dir, SFT_SHARE * minutes, rate, quiet, sets)
+        result["total_minutes"] = (time.perf_counter() - t0) / 60
+        _say(f"{result['total_minutes']:.1f} min in all")
+    return result
+
+
+def chat_demo(out: Path, base: Path, minutes: float, rate: float, quiet: bool, sets: Sequence[str],
+              n_prompts: int | None = None) -> dict:
+    """Stage 5: fine-tune the run `base` on Chit-Chat into out/chat for `minutes`; print what it says."""
+    from scratchllm.chat.stage import END_PROMPTS, MAX_REPLY, TEMPERATURE, chat_stage
+
+    _say("")
+    _say("== stage 5: chat ==")
+    chat_dir = out / "chat"
+    if chat_dir.exists():
+        _say(f"replacing the previous chat run in {chat_dir}")
+        shutil.rmtree(chat_dir)
+    train_sets = [s for s in sets if s.strip().startswith("train.")]  # the model is the pre-trained one
+    figures = chat_stage(base, chat_dir, minutes, rate, quiet, train_sets, n_prompts or END_PROMPTS)
+    for prompt, answer in figures["conversation"]:
+        _say(f"  user:      {prompt}")
+        _say(f"  assistant: {answer}")
+    speed = f", {figures['tok_per_s']:,.0f} tokens/s" if figures.get("tok_per_s") else ""
+    _say(f"held-out assistant loss {figures['val_loss_before']:.3f} before fine-tuning, "
+         f"{figures['val_loss']:.3f} after {figures['step']} steps ({figures['minutes']:.1f} min{speed})")
+    _say(f"{figures['end_share']:.0%} of {figures['end_prompts']} held-out openings get a reply (temperature "
+         f"{TEMPERATURE:g}) that ends with <|assistant_end|> within {MAX_REPLY} tokens; greedy replies: "
+         f"{figures['end_share_greedy']:.0%}")
+    _say(f"talk to it: scratchllm chat --run {chat_dir}, or scratchllm serve --run {chat_dir} and open "
+         "http://127.0.0.1:8000/")
+    return figures

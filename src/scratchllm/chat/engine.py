@@ -150,6 +150,7 @@ class Stream:
         self.ids: list[int] = []
         self.text = ""
         self.finish_reason: str | None = None
+        self.end_token: int | None = None  # the end token that stopped it, if one did
         self.cached_tokens = 0  # prompt tokens the cache already held
         self.started = time.perf_counter()
         self.ttft: float | None = None  # seconds from the start to the first token sampled
@@ -180,7 +181,7 @@ class Stream:
             if self.ttft is None:
                 self.ttft = time.perf_counter() - self.started
             if token in self.engine.end_ids:
-                self.finish_reason = "stop"
+                self.finish_reason, self.end_token = "stop", token
                 break
             self.ids.append(token)
             piece = decoder.decode(self.engine.tok.decode_bytes([token]))

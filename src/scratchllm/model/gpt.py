@@ -319,8 +319,11 @@ class GPT(nn.Module):
         logits = self._logits(self._hidden(idx))
         loss = None
         if targets is not None:  # computed in float32 even under bf16 autocast; -1 marks ignored targets
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-1)
+            targets = targets.reshape(-1)
+            total = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets, ignore_index=-1,
+                                    reduction="sum")
+            # The mean over the targets kept: a batch with none (all padding) gives 0, not 0/0 = NaN.
+            loss = total / (targets != -1).sum().clamp(min=1)
         return logits, loss
 
     def next_logits(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:

@@ -212,6 +212,11 @@ def _check_rng(state, field: str) -> None:
         raise ValueError(f"{STATE_FILE}: {field} is {e}") from None
 
 
+# What --resume needs of each part in state.json besides the optimizer file: the keys the part must hold
+# (a TokenLoader's, less those added later with a default for older checkpoints). A run whose parts
+# differ (fine-tuning's conversation loader) passes its own.
+PRE_TRAINING_PARTS = {"loader": tuple(k for k in LOADER_KEYS if k not in LOADER_DEFAULTS)}
+
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _STEP_NAME = re.compile(r"step_\d+")
 _OPTIONAL = {  # field: (test, what it must be); checked where present
@@ -223,9 +228,10 @@ _OPTIONAL = {  # field: (test, what it must be); checked where present
 }
 
 
-def check_state(state, path: Path, training: bool = False) -> dict:
+def check_state(state, path: Path, training: bool = False, parts: dict | None = None) -> dict:
     """`state` if it has the shape of the state.json of checkpoint folder `path`, else ValueError naming the
-    field; `training`: it must also hold what --resume needs (the optimizer file, the loader position)."""
+    field; `training`: it must also hold what --resume needs (the optimizer file, and of each of `parts`,
+    default PRE_TRAINING_PARTS, the keys it names)."""
     if not isinstance(state, dict):
         raise ValueError(f"{STATE_FILE} must hold a JSON object")
     step, folder_step = state.get("step"), _step_of(path)
@@ -239,7 +245,7 @@ def check_state(state, path: Path, training: bool = False) -> dict:
     for i, rng in enumerate(state.get("rng_ranks", [])):
         _check_rng(rng, f'"rng_ranks" entry {i}')
     if training:
-        _check_resumable(state)
+        _check_resumable(state, PRE_TRAINING_PARTS if parts is None else parts)
     return state
 
 
@@ -256,15 +262,16 @@ def _check_files(files) -> None:
                              "files with its bytes and sha256")
 
 
-def _check_resumable(state: dict) -> None:
-    """ValueError unless the checkpoint also holds what training continues from."""
+def _check_resumable(state: dict, parts: dict) -> None:
+    """ValueError unless the checkpoint also holds what training continues from: the optimizer file, and
+    each part of `parts` with the keys it names, the first of them a count (a position)."""
     if OPTIM_FILE not in state["files"]:
         raise ValueError(f"holds no {OPTIM_FILE}: its model can be used, but training cannot go on from it")
-    loader = state.get("loader")
-    needed = set(LOADER_KEYS) - set(LOADER_DEFAULTS)  # a key added later has a default for older ones
-    if not (isinstance(loader, dict) and needed <= set(loader) and _is_count(loader["batches"])):
-        raise ValueError(f'{STATE_FILE}: "loader" must be the data loader\'s position '
-                         f"({', '.join(LOADER_KEYS)})")
+    for name, keys in parts.items():
+        part = state.get(name)
+        if not (isinstance(part, dict) and set(keys) <= set(part) and _is_count(part[keys[0]])):
+            raise ValueError(f'{STATE_FILE}: "{name}" must be the data loader\'s position '
+                             f"({', '.join(keys)})")
 
 
 def _check_loads(path: Path, name: str) -> None:
@@ -283,7 +290,7 @@ def _check_loads(path: Path, name: str) -> None:
         raise ValueError(f"{name} is not {kind} ({type(e).__name__})") from None
 
 
-def verify(path: Path, training: bool = False) -> dict:
+def verify(path: Path, training: bool = False, parts: dict | None = None) -> dict:
     """state.json of a checkpoint whose files match it and load; raises ValueError naming what is wrong.
 
     What is read is what is checked: the model file alone for a reader of the weights (eval, generate,
@@ -293,7 +300,7 @@ def verify(path: Path, training: bool = False) -> dict:
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ValueError(f"unreadable {STATE_FILE}: {e}") from None
-    check_state(state, path, training)
+    check_state(state, path, training, parts)
     for name, info in state["files"].items():
         if training or name == MODEL_FILE:
             _check_file(path, name, info)
@@ -318,8 +325,8 @@ def _check_file(path: Path, name: str, info: dict) -> None:
     _check_loads(path, name)
 
 
-def find_checkpoint(ckpt_dir: str | Path,
-                    training: bool = False) -> tuple[tuple[Path, dict] | None, list[str]]:
+def find_checkpoint(ckpt_dir: str | Path, training: bool = False,
+                    parts: dict | None = None) -> tuple[tuple[Path, dict] | None, list[str]]:
     """The newest checkpoint that passes `verify`, with its state (None if none does), and why each newer
     one failed ('FOLDER: reason'), newest first."""
     problems: list[str] = []
@@ -327,7 +334,7 @@ def find_checkpoint(ckpt_dir: str | Path,
     while candidates := [p for p in reversed(_settled_list(Path(ckpt_dir))) if p not in broken]:
         path = candidates[0]
         try:
-            return (path, verify(path, training)), problems
+            return (path, verify(path, training, parts)), problems
         except ValueError as e:
             if path.is_dir():
                 broken.add(path)
@@ -349,10 +356,11 @@ def latest_checkpoint(ckpt_dir: str | Path, training: bool = False) -> tuple[Pat
     return found
 
 
-def resume_point(ckpt_dir: str | Path) -> tuple[tuple[Path, dict] | None, str | None]:
+def resume_point(ckpt_dir: str | Path,
+                 parts: dict | None = None) -> tuple[tuple[Path, dict] | None, str | None]:
     """For --resume: the newest checkpoint training can continue from, with newer unusable ones logged
     as warnings and set aside; or None and why the newest one is unusable (None if there is none)."""
-    found, problems = find_checkpoint(ckpt_dir, training=True)
+    found, problems = find_checkpoint(ckpt_dir, training=True, parts=parts)
     if found is None:
         return None, problems[0] if problems else None
     report_skipped(problems)

@@ -12,13 +12,14 @@ from pathlib import Path
 
 from scratchllm.model.hf import EXPRESSES, hf_architecture, require_transformers, to_hf
 from scratchllm.run.load import load_run, run_tokenizer
+from scratchllm.tokenizer.chat import CHAT_TEMPLATE, has_chat_tokens
 from scratchllm.tokenizer.encoding import EOT
 from scratchllm.tokenizer.hf_fast import fast_tokenizer
 from scratchllm.util.errors import UserError
 
 # What `export_run` writes (transformers' file names); a folder holding only these may be replaced.
 EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}
 _SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 
@@ -72,7 +73,10 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "hf",
     eot = tok.special_tokens.get(EOT) if tok is not None else None
     to_hf(model, eos_token_id=eot).save_pretrained(tmp)
     if tok is not None:
-        fast_tokenizer(tok, model_max_length=cfg.model.block_size).save_pretrained(tmp)
+        fast = fast_tokenizer(tok, model_max_length=cfg.model.block_size)
+        if has_chat_tokens(tok):  # a chat model: apply_chat_template renders as `tokenizer.chat.render`
+            fast.chat_template = CHAT_TEMPLATE
+        fast.save_pretrained(tmp)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from scratchllm.tokenizer.bpe import GPT2_PATTERN
 from scratchllm.tokenizer.encoding import EOT, Tokenizer
 from scratchllm.util.errors import UserError
 
@@ -47,3 +48,26 @@ def fast_tokenizer(tok: Tokenizer, model_max_length: int | None = None,
     extra = [s for s in specials if s not in roles.values()]
     return PreTrainedTokenizerFast(tokenizer_object=backend, **roles, additional_special_tokens=extra,
                                    **kwargs)
+
+
+def from_tokenizer_json(path) -> Tokenizer:
+    """Our Tokenizer back from a byte-level BPE tokenizer.json (as `fast_tokenizer` writes it, or
+    GPT-2's): ranks from the vocabulary, the split pattern, the added tokens as special tokens."""
+    import json
+    from pathlib import Path
+
+    from scratchllm.tokenizer.encoding import _bytes_to_unicode
+
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        specials = {t["content"]: int(t["id"]) for t in obj.get("added_tokens", [])}
+        to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+        ranks = {bytes(to_byte[c] for c in s): int(i) for s, i in obj["model"]["vocab"].items()
+                 if s not in specials}
+        pre = obj["pre_tokenizer"]
+        steps = pre["pretokenizers"] if pre.get("type") == "Sequence" else [pre]
+        split = [s for s in steps if s.get("type") == "Split"]
+        pattern = split[0]["pattern"]["Regex"] if split else GPT2_PATTERN
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise UserError(f"{path}: not a byte-level BPE tokenizer.json ({type(e).__name__}: {e})") from None
+    return Tokenizer(ranks, pattern, specials, name=Path(path).parent.name)

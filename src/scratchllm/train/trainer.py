@@ -94,13 +94,15 @@ def sample_text(model, tokenizer, n_tokens: int, device, seed: int) -> str | Non
     return tokenizer.decode(out[0, 1:].tolist())
 
 
-def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist) -> tuple[Path, dict] | None:
+def resume_point(ckpt_dir: Path, resume: bool, dist: Dist,
+                 parts: dict | None = None) -> tuple[Path, dict] | None:
     """The checkpoint every rank continues from: rank 0 chooses, so ranks on machines without a shared
-    filesystem cannot each pick their own newest; every rank then checks its copy of that one."""
+    filesystem cannot each pick their own newest; every rank then checks its copy of that one. `parts`:
+    what a resumable checkpoint holds besides the optimizer (see `checkpoint.check_state`)."""
     choice: tuple[bool, str | None, str | None] = (bool(ckpt.list_checkpoints(ckpt_dir)), None, None)
     found = None
     if dist.main and resume:
-        found, why = ckpt.resume_point(ckpt_dir)  # newer broken ones are set aside
+        found, why = ckpt.resume_point(ckpt_dir, parts)  # newer broken ones are set aside
         choice = (choice[0], found[0].name if found else None, why)
     exists, name, why = dist.broadcast(choice)
     if exists and not resume:
@@ -118,7 +120,7 @@ def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist) -> tuple[Path, dict]
         if found is not None:  # rank 0 checked its copy when it chose
             return found
         try:
-            return ckpt_dir / name, ckpt.verify(ckpt_dir / name, training=True)
+            return ckpt_dir / name, ckpt.verify(ckpt_dir / name, training=True, parts=parts)
         except ValueError as e:
             raise UserError(f"{ckpt_dir / name}, chosen by rank 0, is not usable here ({e}); all ranks must "
                             "see the same checkpoint folder (a shared filesystem)") from None
@@ -129,8 +131,10 @@ def _resume_point(ckpt_dir: Path, resume: bool, dist: Dist) -> tuple[Path, dict]
 class Trainer:
     """One run's model, optimizers, loader and log, with the steps of training as methods.
 
-    Built from a config and token arrays; with `out` it also evaluates into, and saves to, a run
-    folder. `train()` below is the whole loop; benchmarks and the demo call `step()` alone.
+    Built from a config and token arrays (or a `loader` of one's own, with `val_loss` measuring the
+    held-out loss of a model); with `out` it also evaluates into, and saves to, a run folder. `init`:
+    the weights to start from (a state dict), else a seeded random initialisation. `train()` below is
+    the whole loop; benchmarks and the demo call `step()` alone.
 
     A checkpoint holds the model, the optimizers, the train state (`self.state`) and the `parts` (see
     `scratchllm.train.state`): a part added to `parts` is saved and restored with the rest.
@@ -138,7 +142,8 @@ class Trainer:
 
     def __init__(self, cfg: Config, train_tokens, val_tokens=None, meta: dict | None = None,
                  out: Path | None = None, dist: Dist | None = None, device: torch.device | None = None,
-                 quiet: bool = True, tokenizer=None, eot_id: int | None = None):
+                 quiet: bool = True, tokenizer=None, eot_id: int | None = None, loader=None, init=None,
+                 val_loss=None):
         self.cfg, self.tc = cfg, cfg.train
         self.dist, self.device = dist or Dist(), device or torch.device("cpu")
         self.out, self.val_tokens, self.meta, self.quiet = out, val_tokens, meta or {}, quiet
@@ -151,7 +156,8 @@ class Trainer:
         tc = self.tc
         self.tokens_per_step = tc.batch_size * cfg.model.block_size * tc.grad_accum * self.dist.world_size
         self.state = TrainState(self.tokens_per_step, self.dist.world_size, self.precision.dtype)
-        self._build(train_tokens)
+        self.val_loss = val_loss
+        self._build(train_tokens, loader, init)
         # What a checkpoint holds besides the weights, the optimizers and the train state, each under its
         # name in state.json (scratchllm.train.state).
         self.parts: dict[str, Stateful] = {"loader": self.loader, "scaler": ScalerState(self.scaler),
@@ -168,7 +174,7 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.peak = peak_flops(torch.cuda.get_device_name(self.device)) if cuda else None
 
-    def _build(self, train_tokens: np.ndarray) -> None:
+    def _build(self, train_tokens: np.ndarray, loader=None, init=None) -> None:
         """Seeded model, optimizers, grad scaler and loader; DDP and torch.compile around the model."""
         from scratchllm.model.gpt import GPT
 
@@ -179,13 +185,16 @@ class Trainer:
         random.seed(tc.seed)
         np.random.seed(tc.seed)
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
-        self.model = GPT(self.cfg.model).to(device)
+        self.model = GPT(self.cfg.model)
+        if init is not None:
+            self.model.load_state_dict(init)
+        self.model.to(device)
         torch.manual_seed(tc.seed + dist.rank)  # but different dropout masks
         self.optimizer = make_optimizer(self.model, tc, ns_dtype=self.precision.iteration_dtype)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.uses_scaler)
-        self.loader = TokenLoader(train_tokens, tc.batch_size, self.cfg.model.block_size, tc.order, tc.seed,
-                                  dist.rank, dist.world_size, name="the training tokens", align=tc.align,
-                                  eot=self.eot_id)
+        self.loader = loader or TokenLoader(train_tokens, tc.batch_size, self.cfg.model.block_size, tc.order,
+                                            tc.seed, dist.rank, dist.world_size, name="the training tokens",
+                                            align=tc.align, eot=self.eot_id)
         compiled = tc.compile
         if compiled:
             problems = [p for p in dist.gather(compile_problem(device)) if p]  # all ranks compile, or none
@@ -296,9 +305,12 @@ class Trainer:
 
     def evaluate(self) -> float:
         """Validation loss at this step; rank 0 logs it with bits/byte, a text sample and the plot."""
-        assert self.val_tokens is not None, "a Trainer built without val tokens cannot evaluate"
-        val_loss = evaluate(self.eval_model, self.val_tokens, self.tc, self.cfg.model.block_size, self.device,
-                            self.dist, self.precision.dtype)
+        if self.val_loss is not None:
+            val_loss = self.val_loss(self.eval_model, self.device, self.dist, self.precision.dtype)
+        else:
+            assert self.val_tokens is not None, "a Trainer built without val tokens cannot evaluate"
+            val_loss = evaluate(self.eval_model, self.val_tokens, self.tc, self.cfg.model.block_size,
+                                self.device, self.dist, self.precision.dtype)
         self.evaluated_at = self.steps
         if self.metrics is None:
             return val_loss
@@ -433,7 +445,7 @@ class Trainer:
         return summary
 
 
-def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None) -> None:
+def prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None) -> None:
     """Rank 0: cut the logs back to the resumed step, save the config and tokenizer, note the precision."""
     out, tc, step, metrics = trainer.run_dir, trainer.tc, trainer.steps, trainer.metrics
     assert metrics is not None, "rank 0 keeps the log"
@@ -454,13 +466,31 @@ def _prepare_run_folder(trainer: Trainer, found: tuple[Path, dict] | None) -> No
         trainer.tokenizer.save(out / "tokenizer")  # the run folder is then enough for generate and export
 
 
+def start_from(init: str, cfg: Config, dist: Dist, chat: bool = False):
+    """(config with the model of `init` and train.init recording it, its weights, its tokenizer): where a
+    run that starts from trained weights (`train --init`, `sft --init`) starts. `chat`: the tokenizer
+    gets the chat tokens, and the model the rows for them (see `with_vocab`)."""
+    from scratchllm.run.init import load_init, with_vocab
+    from scratchllm.tokenizer.chat import with_chat_tokens
+
+    point = dist.on_every_rank(lambda: load_init(init))
+    model, tok = point.model, point.tokenizer
+    if chat:
+        tok = with_chat_tokens(tok)
+        model = dist.on_every_rank(lambda: with_vocab(point.model, tok.vocab_size, str(init)))
+    cfg = replace(cfg, model=model.config, train=replace(cfg.train, init=point.source))
+    return cfg, model.state_dict(), tok
+
+
 def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-          quiet: bool = False, verify: bool = False, tokenizer: str | None = None) -> dict:
+          quiet: bool = False, verify: bool = False, tokenizer: str | None = None,
+          init: str | None = None) -> dict:
     """Train (or continue) the run in `out_dir` on the token folder `data_dir`; returns a summary.
 
     `verify` checks every id and shard hash of the data first; `tokenizer` names the tokenizer of a
-    folder without meta.json (llm.c or modded-nanogpt shards: gpt2); `quiet` turns the progress bar
-    off. What the run says goes to the "scratchllm" logger (see scratchllm.util.log)."""
+    folder without meta.json (llm.c or modded-nanogpt shards: gpt2); `init` starts from the weights
+    (and tokenizer) of a run, an export or a transformers folder, with a fresh optimizer; `quiet` turns
+    the progress bar off. What the run says goes to the "scratchllm" logger (see scratchllm.util.log)."""
     from scratchllm.tokenizer import load_tokenizer as named_tokenizer
 
     dist, device = setup(cfg.train.device)
@@ -468,22 +498,25 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     try:
         data_dir, out = Path(data_dir), Path(out_dir)
         named = dist.on_every_rank(lambda: named_tokenizer(tokenizer)) if tokenizer else None
+        weights = None
+        if init is not None:  # the data must be tokens of the init's tokenizer: open_data checks
+            cfg, weights, named = start_from(init, cfg, dist)
         # Ranks on machines without a shared filesystem may see different data folders.
         folder, cfg = dist.on_every_rank(lambda: open_data(data_dir, cfg, verify, named))
         dist.on_every_rank(lambda: check_fits(cfg, device))  # before building what cannot fit
         # One job writes a run folder at a time: rank 0 holds its lock for all the ranks, until the end.
         dist.on_every_rank(lambda: dist.main and lock.enter_context(folder_lock(out, "training")))
-        found = _resume_point(out / "ckpt", resume, dist)
+        found = resume_point(out / "ckpt", resume, dist)
         cfg = replace(cfg, train=replace(cfg.train, data=str(data_dir.resolve())))
         # Rank 0 writes text samples; with downstream tasks every rank scores its share of the items.
         tok = named or (load_tokenizer(data_dir) if dist.main or cfg.train.eval_tasks else None)
         trainer = dist.on_every_rank(lambda: Trainer(cfg, folder.train, folder.val, folder.meta, out, dist,
-                                                     device, quiet, tok, eot_id=folder.eot_id))
+                                                     device, quiet, tok, eot_id=folder.eot_id, init=weights))
         if found is not None:
             trainer.restore(*found)
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)
-            _prepare_run_folder(trainer, found)
+            prepare_run_folder(trainer, found)
         return trainer.fit()
     finally:
         lock.close()
