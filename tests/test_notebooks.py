@@ -14,7 +14,7 @@ import pytest
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ["00_byte_pair_encoding", "01_self_attention", "02_masked_attention", "03_multihead_attention",
-         "04_gpt_architecture", "05_training_step_by_hand"]
+         "04_gpt_architecture", "05_training_step_by_hand", "06_chat_finetuning_by_hand"]
 MAX_NOTEBOOK_BYTES = 200_000  # a learner reads them on a code host: small figures, short outputs
 # Smaller sizes for the re-execution below, set as papermill sets parameters: every cell and every
 # assertion still runs, only the notebook's longest experiment is shorter (the stored notebooks hold
