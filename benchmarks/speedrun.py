@@ -39,7 +39,8 @@ from corpora import python_docs_source
 from scratchllm.config import Config, build_config
 from scratchllm.demo import prepare_data
 from scratchllm.eval.loss import evaluate, split_bits_per_byte
-from scratchllm.train.trainer import Trainer, open_data
+from scratchllm.train.launch import open_data
+from scratchllm.train.trainer import Trainer
 from scratchllm.util.fetch import cache_dir
 from scratchllm.util.log import setup_logging
 

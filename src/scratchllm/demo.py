@@ -147,7 +147,7 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, quiet: bool
     from scratchllm.model.gpt import GPT
     from scratchllm.runtime.distributed import pick_device
     from scratchllm.runtime.precision import resolve
-    from scratchllm.train.trainer import train
+    from scratchllm.train.launch import train
     from scratchllm.util.errors import UserError
 
     out = Path(out)

@@ -57,7 +57,8 @@ def _packing_note(convs, block_size: int) -> str:
 def _run(cfg: Config, init: str | None, out: Path, resume: bool, quiet: bool, dist, device, lock,
          dropout: float | None) -> dict:
     from scratchllm.tokenizer import Tokenizer
-    from scratchllm.train.trainer import Trainer, prepare_run_folder, resume_point, start_from
+    from scratchllm.train.launch import prepare_run_folder, resume_point, start_from
+    from scratchllm.train.trainer import Trainer
     from scratchllm.util.locks import folder_lock
 
     dist.on_every_rank(lambda: dist.main and lock.enter_context(folder_lock(out, "fine-tuning")))
