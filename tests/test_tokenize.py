@@ -286,6 +286,7 @@ def test_kills_at_random_moments_then_the_same_command_ends_as_an_uninterrupted_
     import signal
     import time
 
+    import psutil
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -317,8 +318,12 @@ def test_kills_at_random_moments_then_the_same_command_ends_as_an_uninterrupted_
                 pass
             time.sleep(0.005)
         time.sleep(pick.uniform(0, 0.02))  # somewhere inside the next shard
+        workers = psutil.Process(proc.pid).children()
         proc.send_signal(sig)
         assert proc.wait(60) != 0, "the run finished before it could be stopped"
+        # The encoding workers do not outlive their parent, however it died.
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert len(workers) == 2 and not alive
         meta = json.loads((out / "meta.json").read_text())
         listed = {e["file"] for e in meta["shards"]}
         # Every listed shard is there; at most one more, renamed into place but not yet listed (removed and

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
@@ -67,5 +69,14 @@ def ordered_map(fn: Callable, items: Iterable, workers: int = 1, initializer: Ca
 def _init_worker(initializer: Callable | None, initargs: tuple) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the map, the workers stay quiet.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed outright (SIGKILL, out of memory) cannot shut the pool down, and its workers would
+    # wait for work forever: each leaves once it is orphaned.
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     if initializer is not None:
         initializer(*initargs)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
