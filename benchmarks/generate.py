@@ -20,7 +20,7 @@ from unittest import mock
 
 import torch
 
-from scratchllm.model import gpt
+from scratchllm.model import generate
 from scratchllm.model.gpt import GPT, GPTConfig
 
 MODES = {  # label: (use_cache, split one-row products on the CPU)
@@ -34,7 +34,7 @@ def timed_generate(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache:
     """Greedy generation; returns (tokens, seconds)."""
     if prompt.device.type == "cuda":
         torch.cuda.synchronize()
-    plain = nullcontext() if split else mock.patch.object(gpt, "SplitRowProducts", nullcontext)
+    plain = nullcontext() if split else mock.patch.object(generate, "SplitRowProducts", nullcontext)
     with plain:
         t0 = time.perf_counter()
         out = model.generate(prompt, new_tokens, temperature=0, use_cache=use_cache)
