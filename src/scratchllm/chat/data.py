@@ -160,10 +160,10 @@ def _usable(messages, tok, max_tokens: int) -> tuple[list[int], list[int]] | str
 
 
 def load_conversations(spec: str, tok, max_tokens: int, val_conversations: int, seed: int = 0,
-                       limit: int = 0, report: bool = True) -> Conversations:
+                       limit: int = 0) -> Conversations:
     """The usable conversations of `spec` (at most `limit` source rows; 0: all), rendered with `tok`, of at
-    most `max_tokens` tokens each, with `val_conversations` source conversations held out; `report`: log
-    the skipped ones in a line."""
+    most `max_tokens` tokens each, with `val_conversations` source conversations held out; the skipped
+    ones are logged in a line."""
     groups: dict[str, list] = {}
     skipped: Counter = Counter()
     for n, (key, messages) in enumerate(iter_conversations(spec)):
@@ -174,7 +174,7 @@ def load_conversations(spec: str, tok, max_tokens: int, val_conversations: int, 
             skipped[got] += 1
         else:
             groups.setdefault(key, []).append((got, messages))
-    if skipped and report:
+    if skipped:
         reasons = ", ".join(f"{k} {why}" for why, k in skipped.most_common())
         logger.warning(f"{spec}: skipped {sum(skipped.values()):,} conversations ({reasons}; the context "
                        f"holds {max_tokens} tokens)")

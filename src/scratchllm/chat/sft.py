@@ -97,6 +97,7 @@ def _run(cfg: Config, init: str | None, out: Path, resume: bool, quiet: bool, di
     speeds = [r["tok_per_s"] for r in (trainer.metrics.rows if trainer.metrics else []) if "tok_per_s" in r]
     summary["tok_per_s"] = statistics.median(speeds) if speeds else None
     summary["conversations"] = {"train": len(convs.train), "val": len(convs.val)}
+    summary["val_messages"] = convs.val_messages  # the held-out conversations, for prompts to try
     return summary
 
 

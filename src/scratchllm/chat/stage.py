@@ -36,7 +36,6 @@ def chat_stage(base: Path, out: Path, minutes: float, steps_per_s: float, quiet:
                sets=(), n_prompts: int = END_PROMPTS) -> dict:
     """Fine-tune run `base` on chitchat into `out` for `minutes`; the figures (the end-token share over
     `n_prompts` held-out openings) and a few replies."""
-    from scratchllm.chat.data import load_conversations
     from scratchllm.chat.engine import Engine
     from scratchllm.chat.replies import end_share, first_prompts, reply
     from scratchllm.chat.sft import sft, sft_config
@@ -45,11 +44,10 @@ def chat_stage(base: Path, out: Path, minutes: float, steps_per_s: float, quiet:
     cfg = sft_config(out, False, [*sft_plan(minutes, steps_per_s, sets),
                                   f"train.val_conversations={VAL_CONVERSATIONS}"])
     summary = sft(cfg, str(base), "chitchat", out, quiet=quiet)
+    held = summary.pop("val_messages")  # sft's own held-out split
     before = next(r["val_loss"] for r in _rows(out) if "val_loss" in r and r["step"] == 0)
     run_cfg, model, _ = load_run(out)
     tok = run_tokenizer(out, run_cfg)
-    held = load_conversations("chitchat", tok, run_cfg.model.block_size + 1, VAL_CONVERSATIONS,
-                              run_cfg.train.seed, report=False).val_messages  # sft's own split
     prompts = first_prompts(held, n_prompts)
     engine = Engine(model, tok)
     share = end_share(engine, prompts, MAX_REPLY, temperature=TEMPERATURE)
